@@ -1,0 +1,436 @@
+"""Typed run configuration: dataclasses loaded from YAML, overridden from the CLI, validated.
+
+A config has five sections, each a dataclass: ``data``, ``model``, ``train``, ``optim`` and
+``noise``. Every key has a type; an unknown key, a value of the wrong type or a value out of range
+raises :class:`ConfigError`, whose message names the key and what it accepts. Nothing fails open:
+keys are never dropped and names are never guessed.
+
+The learning rate is always given with the batch it belongs to: ``optim.lr`` is the learning rate
+at ``optim.base_batch_size`` examples per update, and ``optim.scaling`` names the rule that carries
+it to ``train.global_batch_size`` (see :mod:`largebatch.optim.scaling`).
+
+Example::
+
+    cfg = load_config("configs/mnist1d_cnn.yaml", ["train.global_batch_size=1024", "optim.lr=0.05"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from largebatch.errors import UserError
+
+
+class ConfigError(UserError):
+    """A user mistake in a config file or an override; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist1d"
+    """Dataset name; see ``largebatch list`` for the registry."""
+    root: str | None = None
+    """Where the dataset's files are (IDX files, archives, image folders). None: the defaults."""
+    num_samples: int = 5000
+    """MNIST-1D only: examples generated in all (train + validation)."""
+    train_fraction: float = 0.8
+    """MNIST-1D only: fraction of the generated examples used for training (the package's split)."""
+    train_subset: int | None = None
+    """Keep only this many training examples (a stratified-by-seed random subset). None: all."""
+    augment: bool = False
+    """Random training augmentation where the dataset defines one (images)."""
+    image_size: int = 224
+    """Image datasets: side of the square training crop in pixels."""
+    val_fraction: float = 0.25
+    """Datasets without an official validation split (Caltech101): fraction held out, stratified."""
+    split_seed: int = 0
+    """Seed of the train/validation split where the toolkit makes it."""
+    keep_background: bool = False
+    """Caltech101: keep the ``BACKGROUND_Google`` class (left out by default, as is usual)."""
+    skip_corrupt: bool = False
+    """Image datasets: skip (and count) unreadable images instead of stopping with an error."""
+    num_workers: int = 0
+    """DataLoader workers for datasets decoded from disk."""
+    cache_dir: str | None = None
+    """Where the decode cache lives. None: ``~/.cache/largebatch``."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    """Model name; see ``largebatch list`` for the registry."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """MLP: widths of the hidden layers."""
+    channels: int = 32
+    """CNNs: channels of the first convolution (later stages scale from it)."""
+    batchnorm: bool = True
+    """CNNs: BatchNorm after each convolution."""
+    dropout: float = 0.0
+    """Dropout probability before the classifier (0 = none)."""
+    ghost_batch_size: int | None = None
+    """Ghost BatchNorm (Hoffer et al.): normalise over chunks of this many examples. None: off."""
+    sync_batchnorm: bool = False
+    """Under DDP, synchronise BatchNorm statistics across ranks (default: per-replica)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    global_batch_size: int = 128
+    """Examples per optimizer update, summed over all ranks and accumulation steps."""
+    micro_batch_size: int | None = None
+    """Examples per forward/backward on one device. None: the whole per-device batch (no
+    accumulation). Accumulation steps = per-device batch / micro batch."""
+    seed: int = 0
+    """Seeds model initialisation, data order and augmentation."""
+    drop_last: bool = True
+    """Drop the last partial batch of each epoch (True), or train on it as a smaller update (False;
+    its loss is still the mean over its own examples)."""
+    eval_batch_size: int = 2048
+    eval_train: bool = True
+    """Measure loss/accuracy on the whole training set in eval mode every epoch."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``/``cuda:N``."""
+    threads: int | None = None
+    """torch intra-op threads on CPU. None: torch's default."""
+    amp: str = "none"
+    """``none`` or ``bf16`` (autocast on CUDA; on CPU it is allowed but slow)."""
+    channels_last: bool = False
+    compile: bool = False
+    """Wrap the model in ``torch.compile``."""
+    checkpoint_every_epochs: int = 1
+    """Write ``checkpoints/last.pt`` every N epochs (and always at the end)."""
+    progress: bool | None = None
+    """Show a progress bar. None: only when stderr is a terminal."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    """``sgd`` (with momentum / Nesterov) or ``lars`` (You et al.'s layer-wise trust ratio)."""
+    lr: float = 0.1
+    """Base learning rate: the one that belongs to ``base_batch_size``."""
+    base_batch_size: int = 128
+    """The batch that ``lr`` belongs to."""
+    scaling: str = "linear"
+    """Rule from ``base_batch_size`` to ``train.global_batch_size``: none | linear | sqrt."""
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    """Coupled L2 weight decay, added to the gradient inside the optimizer."""
+    decay_bias_and_norm: bool = True
+    """Apply weight decay to biases and normalisation parameters too (False: only weights)."""
+    warmup_epochs: float = 0.0
+    """Gradual warmup (Goyal et al.): linear from ``warmup_start_factor * lr`` to the scaled lr."""
+    warmup_start_factor: float = 0.0
+    schedule: str = "constant"
+    """constant | multistep | paper | cosine (see :mod:`largebatch.optim.schedules`)."""
+    milestones: list[float] = field(default_factory=list)
+    """multistep: epochs at which the LR is multiplied by ``decay_factor``."""
+    decay_factor: float | None = None
+    """Multiplier at each decay. None: 0.1 for multistep, 0.9 for paper (the text's "by 10%")."""
+    min_lr_factor: float = 0.0
+    """cosine: final LR as a fraction of the peak."""
+    trust_coefficient: float = 0.001
+    """lars: eta, the trust coefficient."""
+    grad_clip_norm: float | None = None
+    """Clip the global gradient norm to this value before the noise is added. None: off."""
+
+
+@dataclass
+class NoiseConfig:
+    alpha: float = 0.0
+    """Variance of the gradient noise at t = 0 (0 = off). The paper uses 1e-5."""
+    gamma: float = 0.55
+    """Decay exponent: sigma_t^2 = alpha / (1 + t)^gamma."""
+    seed: int = 0
+    """Seed of the noise generator (identical on every rank)."""
+    placement: str = "gradient"
+    """``gradient``: added to the averaged gradient before weight decay and momentum (the paper);
+    ``update``: added to the update after momentum, so momentum does not accumulate it."""
+    include_bias_and_norm: bool = True
+    """Add noise to biases and normalisation parameters too (False: only weights)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+# ----------------------------------------------------------------------------------------------
+# Building from plain dicts, with types checked
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise AssertionError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(
+                f"unknown key '{section}.{key}'; valid keys in '{section}': {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any] | None) -> Config:
+    """Build a :class:`Config` from nested dicts, checking every key and type (not ranges)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)})")
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for name, values in raw.items():
+        if name not in hints:
+            raise ConfigError(f"unknown section '{name}'; valid sections: {', '.join(SECTIONS)}")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"section '{name}' must be a mapping of keys, got {values!r}")
+        sections[name] = _section_from_dict(hints[name], values, name)
+    return Config(**sections)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``'train.global_batch_size=1024'`` -> ``('train', 'global_batch_size', 1024)``.
+
+    The value is parsed as YAML, so ``[256,256]``, ``true``, ``null`` and ``1e-5`` work.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    dotted, raw_value = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override key '{dotted}' must be section.key with a section among {', '.join(SECTIONS)}"
+        )
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value does not parse ({e})") from None
+    # YAML 1.1 reads '1e-5' as a string; accept it as the number a user means.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist (presets are in configs/)")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return raw or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    raw = _load_yaml(path) if path is not None else {}
+    raw = _normalise_yaml_floats(raw)
+    cfg = config_from_dict(apply_overrides(raw, overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def _normalise_yaml_floats(raw: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-5`` as a string; turn such strings into floats."""
+    if isinstance(raw, dict):
+        return {k: _normalise_yaml_floats(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_normalise_yaml_floats(v) for v in raw]
+    if isinstance(raw, str):
+        try:
+            return float(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of ranges and names
+
+SCALING_RULES = ("none", "linear", "sqrt")
+SCHEDULES = ("constant", "multistep", "paper", "cosine")
+OPTIMIZERS = ("sgd", "lars")
+AMP_MODES = ("none", "bf16")
+NOISE_PLACEMENTS = ("gradient", "update")
+
+
+def _choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of: {', '.join(choices)}")
+
+
+def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}: must be {bound}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and names; raise :class:`ConfigError` naming the key and the valid values."""
+    from largebatch.data import DATASETS
+    from largebatch.models import MODELS
+
+    d, m, t, o, n = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.noise
+    _choice("data.name", d.name, DATASETS)
+    _choice("model.name", m.name, MODELS)
+    _positive("data.num_samples", d.num_samples)
+    if not 0.0 < d.train_fraction < 1.0:
+        raise ConfigError(f"data.train_fraction: must be in (0, 1), got {d.train_fraction}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    _positive("data.train_subset", d.train_subset)
+    _positive("data.image_size", d.image_size)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    if not m.hidden or any(w <= 0 for w in m.hidden):
+        raise ConfigError(f"model.hidden: must be a non-empty list of widths > 0, got {m.hidden}")
+    _positive("model.channels", m.channels)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    _positive("model.ghost_batch_size", m.ghost_batch_size)
+    _positive("train.epochs", t.epochs)
+    _positive("train.global_batch_size", t.global_batch_size)
+    _positive("train.micro_batch_size", t.micro_batch_size)
+    _positive("train.eval_batch_size", t.eval_batch_size)
+    _positive("train.threads", t.threads)
+    _positive("train.checkpoint_every_epochs", t.checkpoint_every_epochs)
+    if not (t.device in ("auto", "cpu") or t.device.startswith("cuda")):
+        raise ConfigError(f"train.device: '{t.device}' is not one of: auto, cpu, cuda, cuda:N")
+    _choice("train.amp", t.amp, AMP_MODES)
+    if t.micro_batch_size is not None and t.micro_batch_size > t.global_batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size ({t.micro_batch_size}) is larger than "
+            f"train.global_batch_size ({t.global_batch_size}); make it a divisor of it"
+        )
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _positive("optim.lr", o.lr)
+    _positive("optim.base_batch_size", o.base_batch_size)
+    _choice("optim.scaling", o.scaling, SCALING_RULES)
+    if not 0.0 <= o.momentum < 1.0:
+        raise ConfigError(f"optim.momentum: must be in [0, 1), got {o.momentum}")
+    if o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov: needs optim.momentum > 0")
+    _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    _positive("optim.warmup_epochs", o.warmup_epochs, allow_zero=True)
+    if not 0.0 <= o.warmup_start_factor <= 1.0:
+        raise ConfigError(
+            f"optim.warmup_start_factor: must be in [0, 1], got {o.warmup_start_factor}"
+        )
+    _choice("optim.schedule", o.schedule, SCHEDULES)
+    if o.schedule == "multistep" and not o.milestones:
+        raise ConfigError("optim.milestones: the multistep schedule needs epochs, e.g. [30, 60]")
+    if any(b <= a for a, b in zip(o.milestones, o.milestones[1:], strict=False)):
+        raise ConfigError(f"optim.milestones: must increase, got {o.milestones}")
+    if o.decay_factor is not None and not 0.0 < o.decay_factor <= 1.0:
+        raise ConfigError(f"optim.decay_factor: must be in (0, 1], got {o.decay_factor}")
+    if not 0.0 <= o.min_lr_factor <= 1.0:
+        raise ConfigError(f"optim.min_lr_factor: must be in [0, 1], got {o.min_lr_factor}")
+    _positive("optim.trust_coefficient", o.trust_coefficient)
+    _positive("optim.grad_clip_norm", o.grad_clip_norm)
+    _positive("noise.alpha", n.alpha, allow_zero=True)
+    _positive("noise.gamma", n.gamma, allow_zero=True)
+    _choice("noise.placement", n.placement, NOISE_PLACEMENTS)
+
+
+def resolved(cfg: Config) -> Config:
+    """A copy with every 'None means a default' value replaced by the value it means."""
+    out = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim),
+        train=dataclasses.replace(cfg.train),
+    )
+    if out.optim.decay_factor is None:
+        out.optim.decay_factor = 0.9 if out.optim.schedule == "paper" else 0.1
+    return out

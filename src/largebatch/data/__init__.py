@@ -1,0 +1,16 @@
+"""Datasets: a registry of builders that return a :class:`DatasetBundle` on the device."""
+
+from largebatch.data import idx, mnist1d  # noqa: F401  (registers the datasets)
+from largebatch.data.base import DatasetBundle, Split, TensorSplit, stratified_subset
+from largebatch.data.registry import DATASETS, DataError, DatasetInfo, build_dataset
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DatasetBundle",
+    "DatasetInfo",
+    "Split",
+    "TensorSplit",
+    "build_dataset",
+    "stratified_subset",
+]

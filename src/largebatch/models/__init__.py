@@ -1,0 +1,6 @@
+"""Models: a registry of builders (see :mod:`largebatch.models.registry`)."""
+
+from largebatch.models import cnn1d, cnn2d, mlp  # noqa: F401  (registers the models)
+from largebatch.models.registry import MODELS, ModelInfo, build_model
+
+__all__ = ["MODELS", "ModelInfo", "build_model"]
