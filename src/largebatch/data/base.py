@@ -51,9 +51,7 @@ class Split:
 class TensorSplit(Split):
     """A split held as two tensors on one device, batched by ``index_select``."""
 
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, augment_fn: Augment | None = None
-    ) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment_fn: Augment | None = None) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
         self.x = x

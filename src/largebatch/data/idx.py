@@ -106,7 +106,9 @@ def load_arrays(name: str, root: str | None) -> dict[str, np.ndarray]:
     for split in ("train", "val"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise DataError(f"{files[f'{split}_images']}: expected 28x28 images, got {images.shape}")
+            raise DataError(
+                f"{files[f'{split}_images']}: expected 28x28 images, got {images.shape}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(
                 f"{name} {split}: {len(images)} images but {len(labels)} labels "

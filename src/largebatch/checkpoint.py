@@ -1,0 +1,82 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, checked for their format.
+
+A checkpoint is a plain dict of tensors, numbers and strings (so ``torch.load(weights_only=True)``
+reads it): ``format``, ``version``, ``epoch`` (completed epochs), ``step`` (completed optimizer
+updates), ``model``, ``optimizer``, ``transforms`` (the gradient pipeline's state, including the
+noise generator), ``rng`` (torch's global CPU RNG state, for dropout) and ``world_size``.
+
+Writing goes to a temporary file in the same folder, is flushed to disk, then renamed over the
+old file: a kill at any moment leaves either the previous or the new checkpoint, both whole.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from largebatch.errors import UserError
+
+FORMAT = "largebatch-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, truncated or not one of ours."""
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train the run first (largebatch train)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'truncated'}); it is truncated or not a "
+            "largebatch checkpoint. Delete it to restart the run, or restore it from a copy."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a torch file but not a largebatch checkpoint (no format '{FORMAT}')"
+        )
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}; this largebatch reads "
+            f"version {VERSION}"
+        )
+    return payload

@@ -1,0 +1,150 @@
+"""The ``largebatch`` command line.
+
+    largebatch train CONFIG.yaml [KEY=VALUE ...] [--out DIR] [--resume] [--stop-after N]
+    largebatch demo [--quick] [--out DIR]
+    largebatch analyze {hessian,sharpness,interpolate,surface,noise-scale} ...
+    largebatch download NAME [--root DIR]
+    largebatch list
+
+A user mistake (bad config key or value, missing data, a run directory that is not one) prints
+one ``error:`` line that names the fix and exits with code 2. A run whose loss diverges exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from largebatch.errors import UserError
+
+
+def _default_out(config: str | None) -> Path:
+    stem = Path(config).stem if config else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from largebatch.config import load_config
+    from largebatch.engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(args.config)
+    result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
+    final = result.summary.get("final") or {}
+    if result.status == "diverged":
+        print(f"diverged: {result.summary['message']}", file=sys.stderr)
+        print(f"run directory: {out} (status diverged)", file=sys.stderr)
+        return 1
+    if final:
+        print(
+            f"{result.status}: {final['epoch']} epochs, train acc {100 * final['train_acc']:.2f}%"
+            f", val acc {100 * final['val_acc']:.2f}%, gap {100 * final['gap']:.2f} points"
+        )
+    if result.summary.get("message"):
+        print(result.summary["message"])
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from largebatch.data import DATASETS
+    from largebatch.models import MODELS
+
+    print("datasets (data.name):")
+    for info in DATASETS.values():
+        print(f"  {info.name:<16} {info.description}")
+    print("models (model.name):")
+    for info in MODELS.values():
+        print(f"  {info.name:<16} {info.description}")
+    presets = Path("configs")
+    if presets.is_dir():
+        print("presets (configs/):")
+        for p in sorted(presets.glob("*.yaml")):
+            print(f"  {p}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from largebatch.data.download import DOWNLOADS, download_dataset
+
+    if args.name not in DOWNLOADS:
+        raise UserError(f"no download for '{args.name}'; valid: {', '.join(sorted(DOWNLOADS))}")
+    root = Path(args.root) if args.root else Path.home() / ".cache" / "largebatch"
+    folder = download_dataset(args.name, root)
+    print(f"{args.name}: ready in {folder} (pass data.root={folder})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from largebatch.demo import run_demo
+
+    return run_demo(quick=args.quick, out=Path(args.out) if args.out else None, seeds=args.seeds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="largebatch",
+        description="Large mini-batch training: close the generalization gap, diagnose minima.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train from a config file into a run directory")
+    p.add_argument("config", help="YAML config (presets in configs/)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.global_batch_size=1024 optim.lr=0.05",
+    )
+    p.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCHS",
+        help="stop once this many epochs are done (resume later with --resume)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="small vs large batch vs large batch + noise on MNIST-1D")
+    p.add_argument("--quick", action="store_true", help="a fast version (under 2 minutes)")
+    p.add_argument("--out", help="output folder (default: runs/demo[-quick])")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: 3, quick: 2)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download", help="fetch a dataset's official files (needs a network)")
+    p.add_argument("name", help="fashion_mnist | mnist | cifar10 | cifar100 | caltech101")
+    p.add_argument("--root", help="target folder (default: ~/.cache/largebatch)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("list", help="list datasets, models and presets")
+    p.set_defaults(func=cmd_list)
+
+    try:
+        from largebatch.analysis.cli import add_analyze_parser
+    except ImportError:
+        pass
+    else:
+        add_analyze_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"largebatch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

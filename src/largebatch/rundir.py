@@ -1,0 +1,160 @@
+"""The run directory: the unit of record of one training run.
+
+Layout::
+
+    RUN/
+      config.yaml          the fully resolved config (every default written out)
+      env.json             versions, git commit, device, threads, world size, command line
+      data.json            what the dataset builder reported (source, counts, split manifest hash)
+      metrics.jsonl        one JSON object per epoch (see ``METRIC_KEYS``)
+      summary.json         status (running | completed | diverged | failed), final metrics, wall time
+      checkpoints/last.pt  the latest checkpoint (atomic; see largebatch.checkpoint)
+      analysis/            what ``largebatch analyze`` writes
+
+Analysis and reports read run directories; they never re-train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from largebatch.checkpoint import atomic_write_bytes
+from largebatch.config import Config, config_from_dict, dump_config
+from largebatch.errors import UserError
+
+METRIC_KEYS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "gap",
+    "running_loss",
+    "noise_variance",
+    "examples_per_s",
+    "epoch_time_s",
+)
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    text = dump_config(cfg).encode()
+    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text))
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    with open(path) as f:
+        return config_from_dict(yaml.safe_load(f))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is redone on resume
+    return rows
+
+
+def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Keep the metrics of epochs ``<= epochs_done`` (those the checkpoint covers)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write_bytes(Path(run_dir) / "metrics.jsonl", lambda f: f.write(data))
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit of the source tree largebatch is imported from (if it is a git checkout)."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {"commit": None}
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, world_size: int) -> dict[str, Any]:
+    import numpy
+
+    import largebatch
+
+    env: dict[str, Any] = {
+        "largebatch": largebatch.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "world_size": world_size,
+        "command": sys.argv,
+        "git": git_commit(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env

@@ -1,0 +1,54 @@
+"""Read a run directory back: its config, its trained model and its data (for analysis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from largebatch import rundir
+from largebatch.checkpoint import load_checkpoint
+from largebatch.config import Config
+from largebatch.data import DatasetBundle
+from largebatch.engine import build_for_inference
+from largebatch.errors import UserError
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    model: nn.Module
+    """Built from the config, weights from ``checkpoints/last.pt``, on ``device``, eval mode."""
+    data: DatasetBundle
+    device: torch.device
+    checkpoint: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a finished (or checkpointed) run for analysis; never trains."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    cfg = rundir.read_config(run_dir)
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    if not ckpt_path.is_file():
+        raise UserError(
+            f"{run_dir} has no checkpoint ({rundir.CHECKPOINT}); train it first with "
+            "'largebatch train CONFIG --out RUN' or resume it with --resume"
+        )
+    checkpoint = load_checkpoint(ckpt_path)
+    device = torch.device(device)
+    model, data = build_for_inference(cfg, device)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        raise UserError(
+            f"{ckpt_path} does not match the model its config.yaml describes: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    model.eval()
+    return LoadedRun(run_dir, cfg, model, data, device, checkpoint)
