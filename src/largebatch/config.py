@@ -270,7 +270,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     parts = dotted.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(
-            f"override key '{dotted}' must be section.key with a section among {', '.join(SECTIONS)}"
+            f"override key '{dotted}' must be section.key, section one of {', '.join(SECTIONS)}"
         )
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None

@@ -7,7 +7,7 @@ Layout::
       env.json             versions, git commit, device, threads, world size, command line
       data.json            what the dataset builder reported (source, counts, split manifest hash)
       metrics.jsonl        one JSON object per epoch (see ``METRIC_KEYS``)
-      summary.json         status (running | completed | diverged | failed), final metrics, wall time
+      summary.json         status (running|completed|stopped|diverged|failed), final metrics, time
       checkpoints/last.pt  the latest checkpoint (atomic; see largebatch.checkpoint)
       analysis/            what ``largebatch analyze`` writes
 

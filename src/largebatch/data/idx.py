@@ -154,7 +154,7 @@ def build_idx(name: str, cfg: DataConfig, device: torch.device) -> DatasetBundle
 register(
     DatasetInfo(
         name="fashion_mnist",
-        description="Fashion-MNIST: 28x28 grayscale clothing images, 10 classes, 60k/10k (IDX files)",
+        description="Fashion-MNIST: 28x28 grayscale clothing, 10 classes, 60k/10k (IDX files)",
         build=lambda cfg, device: build_idx("fashion_mnist", cfg, device),
         needs_files=True,
     )

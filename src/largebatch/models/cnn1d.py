@@ -55,7 +55,7 @@ def _build(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> 
 register(
     ModelInfo(
         name="cnn1d",
-        description="1-D CNN for MNIST-1D: 3 stride-2 convs (optional BatchNorm), width model.channels",
+        description="1-D CNN for MNIST-1D: 3 stride-2 convs, optional BatchNorm",
         build=_build,
         input_kind="sequence",
     )
