@@ -1,0 +1,61 @@
+import math
+
+import pytest
+
+from largebatch.config import load_config
+from largebatch.optim import build_schedule, paper_milestones, scale_lr
+
+
+def test_scaling_rules():
+    assert scale_lr(0.01, 32, 128, "linear") == pytest.approx(0.04)
+    assert scale_lr(0.01, 32, 64, "linear") == pytest.approx(0.02)
+    assert scale_lr(0.1, 256, 1024, "sqrt") == pytest.approx(0.2)
+    assert scale_lr(0.1, 256, 64, "sqrt") == pytest.approx(0.05)
+    assert scale_lr(0.1, 256, 4096, "none") == 0.1
+    with pytest.raises(ValueError):
+        scale_lr(0.1, 256, 512, "cubic")
+
+
+def sched(overrides, lr=1.0, steps_per_epoch=10, epochs=100):
+    return build_schedule(load_config(None, overrides).optim, lr, steps_per_epoch, epochs)
+
+
+def test_warmup_is_linear_per_step_then_flat():
+    s = sched(["optim.warmup_epochs=2", "optim.warmup_start_factor=0.1"], lr=0.4)
+    # 20 warmup steps from 0.04 to 0.4
+    assert s(0) == pytest.approx(0.04)
+    assert s(10) == pytest.approx(0.04 + 0.36 * 10 / 20)
+    assert s(19) == pytest.approx(0.04 + 0.36 * 19 / 20)
+    assert s(20) == pytest.approx(0.4)
+    assert s(999) == pytest.approx(0.4)
+
+
+def test_multistep_by_epoch():
+    s = sched(["optim.schedule=multistep", "optim.milestones=[3, 5]", "optim.decay_factor=0.5"])
+    assert [s(t) for t in (0, 29, 30, 49, 50, 999)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_paper_schedule_epochs_and_literal_factor():
+    assert paper_milestones(100) == [25, 40, 50, 60, 70, 80, 90]
+    assert paper_milestones(30) == [25]
+    s = sched(["optim.schedule=paper"], lr=0.02, steps_per_epoch=10, epochs=100)
+    assert s(249) == pytest.approx(0.02)
+    assert s(250) == pytest.approx(0.02 * 0.9)
+    assert s(400) == pytest.approx(0.02 * 0.81)
+    assert s(500) == pytest.approx(0.02 * 0.9**3)
+    assert s(999) == pytest.approx(0.02 * 0.9**7)
+    s10 = sched(["optim.schedule=paper", "optim.decay_factor=0.1"], lr=1.0)
+    assert s10(400) == pytest.approx(0.01)
+
+
+def test_cosine_with_warmup():
+    s = sched(
+        ["optim.schedule=cosine", "optim.warmup_epochs=1", "optim.min_lr_factor=0.1"],
+        lr=2.0,
+        steps_per_epoch=10,
+        epochs=11,
+    )
+    # 10 warmup steps, then 100 cosine steps
+    assert s(10) == pytest.approx(2.0)
+    assert s(60) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
+    assert s(110) == pytest.approx(0.2)
