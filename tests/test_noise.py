@@ -138,7 +138,7 @@ def test_state_dict_replays_the_same_noise():
 
 
 def test_update_placement_bypasses_momentum():
-    """placement=update: w -= lr * sigma * n after the step; the momentum buffer stays noise-free."""
+    """placement=update: w -= lr * sigma * n after the step; momentum never sees the noise."""
     w = nn.Parameter(torch.zeros(1000))
     opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
     noise = GradientNoise([w], alpha=1.0, gamma=0.0, seed=0)
