@@ -154,7 +154,7 @@ def download_file(
     return dest
 
 
-def _check_member_path(name: str, archive: Path) -> str:
+def check_member_path(name: str, archive: Path) -> str:
     """The member's path normalised, or DataError when it is absolute or climbs out with ``..``."""
     unified = name.replace("\\", "/")
     if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
@@ -191,7 +191,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    _check_member_path(info.filename, archive)
+                    check_member_path(info.filename, archive)
                     # Zip symlinks carry S_IFLNK in the upper bits of external_attr.
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise DataError(f"{archive}: refusing member '{info.filename}': symlink")
@@ -200,7 +200,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
                 for member in members:
-                    normal = _check_member_path(member.name, archive)
+                    normal = check_member_path(member.name, archive)
                     if member.issym() or member.islnk():
                         _check_link(member, normal, archive)
                     elif not (member.isfile() or member.isdir()):
