@@ -3,4 +3,6 @@
 from largebatch.models import cnn1d, cnn2d, mlp  # noqa: F401  (registers the models)
 from largebatch.models.registry import MODELS, ModelInfo, build_model
 
+from . import cifar_resnet, resnet  # noqa: F401  (registers the ResNets)
+
 __all__ = ["MODELS", "ModelInfo", "build_model"]
