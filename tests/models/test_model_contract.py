@@ -60,4 +60,4 @@ def test_one_sgd_step_lowers_the_loss(name):
     torch.optim.SGD(model.parameters(), lr=lr).step()
     with torch.no_grad():
         after = loss_fn(model(x), y)
-    assert float(after) < float(loss)
+    assert after.item() < loss.item()
