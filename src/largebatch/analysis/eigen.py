@@ -224,8 +224,12 @@ def lanczos(
         order = _top(theta, min(k, len(alphas)), which)
         history.append(float(theta[order[0]]))
         residuals = beta_next * s[-1, order].abs()
-        done = len(alphas) >= k and bool(
-            (residuals <= tol * theta[order].abs().clamp_min(1e-30)).all()
+        # At a breakdown (beta_next = 0) every residual is 0 but the rest of the space is still
+        # unexplored (repeated eigenvalues): only a full basis ends the search there.
+        done = len(alphas) == dim or (
+            beta_next > 0
+            and len(alphas) >= k
+            and bool((residuals <= tol * theta[order].abs().clamp_min(1e-30)).all())
         )
         result = (theta[order], s[:, order], basis, residuals, done)
         if done:
@@ -234,7 +238,6 @@ def lanczos(
     values, vectors, basis, residuals, done = result
     eigenvectors = basis.T @ vectors.to(basis.dtype)
     eigenvectors = eigenvectors / eigenvectors.norm(dim=0, keepdim=True)
-    done = done or len(history) == dim  # a full basis: T is A in another basis, exactly
     return EigenResult(
         eigenvalues=values.to(dtype),
         eigenvectors=eigenvectors,
