@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
-from conftest import CLASSES, PER_CLASS, make_caltech_tree, pack_official
 
 from largebatch.config import DataConfig
 from largebatch.data import DataError, build_dataset
 from largebatch.data import decode_cache as dc
+from tests.data.imagegen import CLASSES, PER_CLASS, make_caltech_tree, pack_official
 
 
 def cfg(root, cache, **kw) -> DataConfig:

@@ -135,7 +135,7 @@ def test_download_dataset_fetches_and_extracts(tmp_path, monkeypatch):
     # A CIFAR-10-like archive served from a file:// URL with its real checksum.
     src = tmp_path / "served" / "cifar-10-binary.tar.gz"
     src.parent.mkdir()
-    from test_cifar import write_cifar10
+    from tests.data.test_cifar import write_cifar10
 
     write_cifar10(src, per_file=2)
     md5 = hashlib.md5(src.read_bytes()).hexdigest()

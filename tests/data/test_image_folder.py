@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_jpeg
 
 from largebatch.config import DataConfig
 from largebatch.data import DataError, build_dataset
+from tests.data.imagegen import write_jpeg
 
 
 def test_train_val_layout(tmp_path):
