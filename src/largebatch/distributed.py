@@ -33,6 +33,21 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank (tensors inside travel through the CPU)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @torch.no_grad()
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics are per replica)."""
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

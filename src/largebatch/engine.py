@@ -173,7 +173,7 @@ def _progress_enabled(cfg: Config, dist: DistContext) -> bool:
     return cfg.train.progress
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, dict | None]:
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
     """Check the run directory against the request; on resume return the stored checkpoint."""
     config_path = run_dir / "config.yaml"
     if not resume:
@@ -182,9 +182,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, d
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                 "another --out"
             )
-        return cfg, None
+        return None
     if not config_path.exists():
-        return cfg, None  # nothing to resume: start fresh
+        return None  # nothing to resume: start fresh
     stored = rundir.read_config(run_dir)
     changed = _config_diff(config_to_dict(resolved(stored)), config_to_dict(resolved(cfg)))
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
@@ -195,8 +195,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Config, d
         )
     ckpt_path = run_dir / rundir.CHECKPOINT
     if not ckpt_path.exists():
-        return cfg, None
-    return cfg, load_checkpoint(ckpt_path)
+        return None
+    return load_checkpoint(ckpt_path)
 
 
 def train(
@@ -227,7 +227,17 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     plan = plan_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dist.world_size)
 
-    cfg, checkpoint = prepare_run_dir(cfg, run_dir, resume)
+    # Rank 0 alone reads the run directory (nodes need not share a filesystem) and sends every
+    # rank the verdict: an error to raise everywhere, or the checkpoint to start from.
+    prepared: tuple[UserError | None, dict | None] = (None, None)
+    if dist.is_main:
+        try:
+            prepared = (None, prepare_run_dir(cfg, run_dir, resume))
+        except UserError as e:
+            prepared = (e, None)
+    error, checkpoint = dist.broadcast_object(prepared)
+    if error is not None:
+        raise error
     data = build_dataset(cfg.data, device)
     if len(data.train) < plan.global_batch_size and cfg.train.drop_last:
         raise UserError(
@@ -377,6 +387,7 @@ def train(
                 bar.close()
 
             model.eval()
+            dist.broadcast_buffers(model)  # evaluate the model rank 0 checkpoints
             if cfg.train.eval_train:
                 train_loss, train_acc = evaluate(
                     model, data.train, cfg.train.eval_batch_size, dist, cfg.train.amp
