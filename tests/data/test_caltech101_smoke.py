@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,10 @@ def test_smoke_preset_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "summary.json").is_file()
     # Missing data is a user error: exit code 2 and a message saying how to get it.
-    cmd[4] = f"data.root={tmp_path / 'nowhere'}"
+    # HOME and LARGEBATCH_DATA point nowhere, so no real copy of the data can be found either.
+    cmd[5] = f"data.root={tmp_path / 'nowhere'}"
     cmd[-1] = str(tmp_path / "run2")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "LARGEBATCH_DATA"}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and "largebatch download caltech101" in proc.stderr
