@@ -118,6 +118,10 @@ def loss_surface(
         ]
     if len(directions) != dim:
         raise ValueError(f"{dim}-D surface needs {dim} directions, got {len(directions)}")
+    shapes = [p.shape for p in model.parameters()]
+    for direction in directions:
+        if [d.shape for d in direction] != shapes:
+            raise ValueError("a direction must hold one tensor per parameter, shaped like it")
     recompute = bn_recompute and has_batchnorm(model)
     work = copy.deepcopy(model)
     centre = [p.detach().clone() for p in model.parameters()]
