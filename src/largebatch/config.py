@@ -94,6 +94,10 @@ class TrainConfig:
     accumulation). Accumulation steps = per-device batch / micro batch."""
     seed: int = 0
     """Seeds model initialisation, data order and augmentation."""
+    scale_epochs: bool = False
+    """"Train longer" (Hoffer et al.'s regime adaptation): multiply ``epochs`` and the schedule's
+    milestones by ``global_batch_size / optim.base_batch_size``, so a large batch makes as many
+    updates as the base batch does."""
     drop_last: bool = True
     """Drop the last partial batch of each epoch (True), or train on it as a smaller update (False;
     its loss is still the mean over its own examples)."""

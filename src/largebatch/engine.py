@@ -271,7 +271,11 @@ def train(
             dist.world_size,
         )
     )
-    schedule = build_schedule(cfg.optim, lr, steps_per_epoch, cfg.train.epochs)
+    epoch_scale = 1.0
+    if cfg.train.scale_epochs:
+        epoch_scale = plan.global_batch_size / cfg.optim.base_batch_size
+    total_epochs = round(cfg.train.epochs * epoch_scale)
+    schedule = build_schedule(cfg.optim, lr, steps_per_epoch, cfg.train.epochs, epoch_scale)
 
     start_epoch, step = 0, 0
     if checkpoint is not None:
@@ -301,6 +305,7 @@ def train(
                 **data.info,
                 "batch_plan": dataclasses.asdict(plan),
                 "scaled_lr": lr,
+                "total_epochs": total_epochs,
                 "steps_per_epoch": steps_per_epoch,
             },
         )
@@ -315,7 +320,7 @@ def train(
 
     history = rundir.read_metrics(run_dir) if dist.is_main else []
     last_row: dict[str, Any] | None = history[-1] if history else None
-    end_epoch = cfg.train.epochs
+    end_epoch = total_epochs
     if stop_after_epochs is not None:
         end_epoch = min(end_epoch, stop_after_epochs)
     status, message = "completed", ""
@@ -331,7 +336,7 @@ def train(
             )
             aug_gen = torch.Generator(device=device)
             aug_gen.manual_seed((cfg.train.seed * 1_000_003 + epoch) * 64 + dist.rank)
-            bar = _progress_bar(show_progress, len(batches), epoch, cfg.train.epochs)
+            bar = _progress_bar(show_progress, len(batches), epoch, total_epochs)
             running = 0.0
             examples = 0
             t0 = time.perf_counter()
@@ -415,18 +420,16 @@ def train(
             if dist.is_main:
                 rundir.append_metrics(run_dir, row)
                 if show_progress:
-                    print(_format_row(row, cfg.train.epochs), file=sys.stderr)
+                    print(_format_row(row, total_epochs), file=sys.stderr)
                 done = epoch + 1
                 if done % cfg.train.checkpoint_every_epochs == 0 or done == end_epoch:
                     _save(run_dir, model, optimizer, pipeline, done, step, dist.world_size)
                 _write_summary(
                     run_dir, "running", done, step, row, wall_before + time.time() - started, ""
                 )
-        if end_epoch < cfg.train.epochs:
+        if end_epoch < total_epochs:
             status = "stopped"
-            message = (
-                f"stopped after epoch {end_epoch} of {cfg.train.epochs}; continue with --resume"
-            )
+            message = f"stopped after epoch {end_epoch} of {total_epochs}; continue with --resume"
     except Diverged as e:
         status, message = "diverged", str(e)
     except KeyboardInterrupt:

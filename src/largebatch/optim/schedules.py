@@ -72,15 +72,25 @@ class Schedule:
 
 
 def build_schedule(
-    cfg: OptimConfig, peak_lr: float, steps_per_epoch: int, total_epochs: int
+    cfg: OptimConfig,
+    peak_lr: float,
+    steps_per_epoch: int,
+    total_epochs: int,
+    epoch_scale: float = 1.0,
 ) -> Schedule:
-    """The schedule a run's optimizer config describes, at the already-scaled ``peak_lr``."""
+    """The schedule a run's optimizer config describes, at the already-scaled ``peak_lr``.
+
+    ``total_epochs`` is the run's length as configured; ``epoch_scale`` stretches it and every
+    milestone (Hoffer et al.'s regime adaptation, ``train.scale_epochs``). Warmup is not stretched.
+    """
     if cfg.schedule == "paper":
-        milestones: tuple[float, ...] = tuple(float(e) for e in paper_milestones(total_epochs))
+        base: tuple[float, ...] = tuple(float(e) for e in paper_milestones(total_epochs))
         factor = 0.9 if cfg.decay_factor is None else cfg.decay_factor
     else:
-        milestones = tuple(cfg.milestones)
+        base = tuple(cfg.milestones)
         factor = 0.1 if cfg.decay_factor is None else cfg.decay_factor
+    milestones = tuple(e * epoch_scale for e in base)
+    total_epochs = round(total_epochs * epoch_scale)
     return Schedule(
         peak_lr=peak_lr,
         total_steps=steps_per_epoch * total_epochs,
