@@ -28,7 +28,7 @@ import torch
 
 from largebatch.config import DataConfig
 from largebatch.data.base import DatasetBundle, stratified_subset
-from largebatch.data.decode_cache import decode_images
+from largebatch.data.decode_cache import DecodedImages, decode_images
 from largebatch.data.registry import DataError, DatasetInfo, register
 from largebatch.data.transforms import (
     IMAGENET_MEAN,
@@ -104,7 +104,7 @@ def to_device_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def _decode(tree: Path, files: list[str], cfg: DataConfig, resolution: int):
+def _decode(tree: Path, files: list[str], cfg: DataConfig, resolution: int) -> DecodedImages:
     return decode_images(
         tree,
         files,
@@ -205,9 +205,7 @@ def _subset(split: ImageSplit, idx: torch.Tensor) -> ImageSplit:
     )
 
 
-def build_train_val_bundle(
-    name: str, root: Path, cfg: DataConfig, device: torch.device
-) -> DatasetBundle:
+def build_train_val_bundle(root: Path, cfg: DataConfig, device: torch.device) -> DatasetBundle:
     """``root/train`` and ``root/val`` trees: the given split, classes from ``train``."""
     classes, train_files, train_labels = list_class_tree(root / "train")
     val_classes, val_files, val_labels = list_class_tree(root / "val")
@@ -259,7 +257,7 @@ def build(cfg: DataConfig, device: torch.device) -> DatasetBundle:
     if not root.is_dir():
         raise DataError(f"image_folder: data.root '{root}' is not a folder")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        return build_train_val_bundle("image_folder", root, cfg, device)
+        return build_train_val_bundle(root, cfg, device)
     return build_tree_bundle("image_folder", root, cfg, device)
 
 
