@@ -54,12 +54,6 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x.float() if not x.is_floating_point() else x
 
 
-def _restore_dtype(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if like.dtype == torch.uint8:
-        return y.round_().clamp_(0, 255).to(torch.uint8)
-    return y.to(like.dtype)
-
-
 def random_crop_boxes(
     n: int,
     height: int,
