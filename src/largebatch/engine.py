@@ -226,6 +226,13 @@ def train(
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     plan = plan_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dist.world_size)
+    if dist.enabled and cfg.model.sync_batchnorm and device.type != "cuda":
+        # PyTorch's SyncBatchNorm only runs on GPUs; without this check DDP raises a ValueError.
+        raise UserError(
+            "model.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm does not run "
+            f"on {device.type}); set model.sync_batchnorm=false for per-replica BatchNorm "
+            "statistics (= Ghost BatchNorm over the per-device batch)"
+        )
 
     # Rank 0 alone reads the run directory (nodes need not share a filesystem) and sends every
     # rank the verdict: an error to raise everywhere, or the checkpoint to start from.
