@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from largebatch.analysis.batchnorm import bn_mode, check_bn_mode, preserved_buffers
+from largebatch.data.base import Split
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -65,7 +66,7 @@ def trainable_parameters(model: nn.Module) -> tuple[list[str], list[nn.Parameter
 
 
 def fixed_batches(
-    split: object, num_samples: int, batch_size: int, seed: int
+    split: Split, num_samples: int, batch_size: int, seed: int
 ) -> tuple[list[Batch], torch.Tensor]:
     """A seeded random subset of a data split, cut into fixed batches.
 
@@ -80,10 +81,10 @@ def fixed_batches(
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples and batch_size must be > 0, got {num_samples}, {batch_size}")
-    n = len(split)  # type: ignore[arg-type]
+    n = len(split)
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(n, generator=generator)[: min(num_samples, n)]
-    batches = [split.get_batch(chunk) for chunk in indices.split(batch_size)]  # type: ignore[attr-defined]
+    batches = [split.get_batch(chunk) for chunk in indices.split(batch_size)]
     return batches, indices
 
 
