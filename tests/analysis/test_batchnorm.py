@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from largebatch.analysis.batchnorm import bn_mode, recompute_bn_stats
-from tests.analysis.helpers import make_bn_net, make_data
+
+from .helpers import make_bn_net, make_data
 
 
 def test_recompute_is_the_cumulative_average_of_batch_statistics():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from largebatch.analysis.eigen import lanczos, power_iteration, spectral_density
-from tests.analysis.helpers import spd_with_spectrum
+
+from .helpers import spd_with_spectrum
 
 # 60 eigenvalues: three separated outliers 9, 6, 4 above a bulk in [-0.5, 2].
 SPECTRUM = torch.cat([torch.tensor([9.0, 6.0, 4.0]), torch.linspace(-0.5, 2.0, 57)]).to(

@@ -13,7 +13,9 @@ from largebatch.analysis.eigen import lanczos
 from largebatch.analysis.hvp import HessianOperator, fixed_batches, flatten, unflatten
 from largebatch.analysis.trace import exact_trace, hutchinson_trace
 from largebatch.data import TensorSplit
-from tests.analysis.helpers import (
+from largebatch.models.ghost_batchnorm import convert_to_ghost_batchnorm
+
+from .helpers import (
     assert_same_state,
     make_bn_net,
     make_data,
@@ -120,9 +122,12 @@ def test_gradient_and_loss_at_other_parameters():
     torch.testing.assert_close(op.parameters_vector(), theta, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("ghost", [False, True])
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_bn_model_state_is_left_exactly_as_found(mode):
+def test_bn_model_state_is_left_exactly_as_found(mode, ghost):
     model = make_bn_net()
+    if ghost:  # the toolkit's Ghost BatchNorm (chunks of 4) behaves the same way
+        model = convert_to_ghost_batchnorm(model, 4)
     model.train()  # a mixed state to restore: training, except one submodule
     model.fc2.eval()
     x, y = make_data(24, seed=9)

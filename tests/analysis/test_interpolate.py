@@ -17,7 +17,8 @@ from largebatch.analysis.interpolate import (
     parse_range,
 )
 from largebatch.errors import UserError
-from tests.analysis.helpers import make_bn_net, make_data, make_mlp
+
+from .helpers import make_bn_net, make_data, make_mlp
 
 
 def batches(n: int, size: int, seed: int):

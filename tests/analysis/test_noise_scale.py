@@ -25,7 +25,8 @@ from largebatch.analysis.noise_scale import (
     minibatch_noise_variance,
     noise_comparison,
 )
-from tests.analysis.helpers import (
+
+from .helpers import (
     assert_same_state,
     make_bn_net,
     make_data,

@@ -7,7 +7,8 @@ import torch
 
 from largebatch.analysis.hvp import HessianOperator
 from largebatch.analysis.sharpness import box_half_widths, epsilon_sharpness
-from tests.analysis.helpers import make_data, make_mlp
+
+from .helpers import make_data, make_mlp
 
 D = torch.tensor([4.0, 1.0, 0.5, 2.0, 3.0], dtype=torch.float64)
 C = torch.tensor([0.3, -0.2, 1.0, 0.0, -0.5], dtype=torch.float64)

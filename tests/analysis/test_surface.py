@@ -11,7 +11,8 @@ from torch import nn
 from largebatch.analysis.batchnorm import recompute_bn_stats
 from largebatch.analysis.interpolate import evaluate
 from largebatch.analysis.surface import filter_normalized_direction, loss_surface
-from tests.analysis.helpers import make_bn_net, make_data, make_mlp
+
+from .helpers import make_bn_net, make_data, make_mlp
 
 
 class ConvNet(nn.Module):

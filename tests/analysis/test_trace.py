@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from largebatch.analysis.trace import exact_trace, hutchinson_trace
-from tests.analysis.helpers import spd_with_spectrum
+
+from .helpers import spd_with_spectrum
 
 SPECTRUM = torch.cat([torch.tensor([9.0, 6.0, 4.0]), torch.linspace(-0.5, 2.0, 57)]).double()
 

@@ -131,7 +131,9 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.trace_probes > 0:
         seeds["trace_probes"] = args.seed + 1
         gen_t = torch.Generator().manual_seed(args.seed + 1)
-        trace = hutchinson_trace(op.matvec, op.dim, args.trace_probes, generator=gen_t)
+        trace = hutchinson_trace(
+            op.matvec, op.dim, args.trace_probes, generator=gen_t, device=run.device
+        )
         values.update(trace=trace.estimate, trace_stderr=_finite(trace.stderr))
         values["trace_matvecs"] = trace.num_matvecs
     if args.density:
@@ -268,6 +270,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         bn_recomputed=res.bn_recomputed,
         num_samples={"train": res.num_train, "val": res.num_val},
         num_evaluations=len(alphas),
+        seeds={},  # nothing random: all training and validation examples, in order
         values={
             "alpha": res.alphas,
             "train_loss": res.train_loss,
@@ -358,6 +361,7 @@ def cmd_noise_scale(args: argparse.Namespace) -> int:
         bn_mode=args.bn_mode,
         num_samples=scale.num_samples,
         num_params=scale.num_params,
+        num_gradients=scale.num_groups,
         seeds={"samples": args.seed},
         values={
             "trace_sigma": scale.trace_sigma,
