@@ -450,6 +450,9 @@ def train(
     summary = _finish(
         run_dir, dist, status, message, last_row, step, wall_before + time.time() - started
     )
+    # Every rank gets here together (a divergence is seen on all ranks: the loss is all-reduced),
+    # so every rank can return rank 0's summary; callers such as the CLI read it on each rank.
+    summary = dist.broadcast_object(summary)
     return RunResult(run_dir, status, summary)
 
 

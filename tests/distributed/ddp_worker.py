@@ -11,13 +11,14 @@ indices each rank trained on, per update (``OUT/quiet/indices{r}.pt``). The test
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from ddp_helpers import BATCHNORM, NOISY, ONE_STEP, TINY
+from ddp_helpers import BATCHNORM, NOISY, ONE_STEP, TINY, UNEVEN
 
 import largebatch.engine as engine
 from largebatch.config import load_config
@@ -64,6 +65,7 @@ def main() -> None:
     _seen = None
 
     run(out, "noisy", NOISY)
+    run(out, "uneven", UNEVEN)
     run(out, "one_step_quiet", ONE_STEP)
     run(out, "one_step_noisy", [*ONE_STEP, "noise.alpha=1e-3"])
     run(out, "batchnorm", BATCHNORM)
@@ -75,6 +77,11 @@ def main() -> None:
         shutil.copytree(out / "resumed", out / "stopped_copy")
     dist.barrier()
     run(out, "resumed", NOISY, resume=True)
+
+    # A divergence is seen on every rank at the same update; each rank returns the run's summary.
+    diverged = engine.train(load_config(None, [*TINY, "optim.lr=1e6"]), out / "diverged")
+    result = {"status": diverged.status, "summary": diverged.summary}
+    (out / f"diverged{rank}.json").write_text(json.dumps(result))
 
     # SyncBatchNorm cannot run on CPU tensors: a clear error on every rank, before training.
     try:

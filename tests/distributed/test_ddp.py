@@ -28,6 +28,7 @@ from .ddp_helpers import (
     ONE_STEP,
     ONE_STEP_LR,
     TINY,
+    UNEVEN,
     child_env,
     free_port,
     torchrun,
@@ -60,6 +61,8 @@ def single(tmp_path_factory) -> Path:
         "quiet_accumulated": [*TINY, "train.micro_batch_size=32"],
         "noisy": NOISY,
         "noisy_accumulated": [*NOISY, "train.micro_batch_size=32"],
+        "uneven": [o for o in UNEVEN if not o.startswith("train.micro_batch_size")],
+        "uneven_accumulated": UNEVEN,
         "one_step_quiet": ONE_STEP,
         "one_step_noisy": [*ONE_STEP, "noise.alpha=1e-3"],
         "batchnorm": BATCHNORM,
@@ -85,7 +88,9 @@ def assert_close_params(a, b, atol: float = ATOL, keys=None) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("run", ["quiet", "noisy", "one_step_noisy", "batchnorm", "resumed"])
+@pytest.mark.parametrize(
+    "run", ["quiet", "noisy", "uneven", "one_step_noisy", "batchnorm", "resumed"]
+)
 def test_replicas_stay_bit_identical(ddp, run):
     zero, one = rank_params(ddp / run, 0), rank_params(ddp / run, 1)
     assert zero.keys() == one.keys()
@@ -112,8 +117,10 @@ def test_ranks_train_on_disjoint_shards_of_one_shared_order(ddp):
         assert torch.equal(torch.cat([zero, one]), global_batch), f"update {step}"
 
 
-@pytest.mark.parametrize("run", ["quiet", "noisy"])
+@pytest.mark.parametrize("run", ["quiet", "noisy", "uneven"])
 def test_two_ranks_equal_one_process_and_accumulation(ddp, single, run):
+    """2 ranks x B/2 == 1 process x B == 1 process x accumulated micro-batches. ``uneven`` ends
+    each epoch with a partial batch of 33: unequal rank slices, unequal micro-batch counts."""
     two_ranks = rank_params(ddp / run, 0)
     assert_close_params(two_ranks, checkpoint_params(single / run))
     assert_close_params(two_ranks, checkpoint_params(single / f"{run}_accumulated"))
@@ -181,6 +188,14 @@ def test_per_replica_batchnorm_is_ghost_batchnorm_of_the_per_device_batch(ddp, s
     # ... and not full-batch BatchNorm (the comparison above can tell them apart).
     full = checkpoint_params(single / "batchnorm")
     assert max((two_ranks[k] - full[k]).abs().max().item() for k in weights) > 1e-3
+
+
+def test_a_divergence_ends_the_run_on_every_rank_with_the_same_summary(ddp):
+    results = [read_json(ddp / f"diverged{rank}.json") for rank in range(2)]
+    assert results[0] == results[1]
+    assert results[0]["status"] == "diverged"
+    assert "lower optim.lr" in results[0]["summary"]["message"]
+    assert read_json(ddp / "diverged" / "summary.json")["status"] == "diverged"
 
 
 def test_sync_batchnorm_on_cpu_is_a_clear_error_on_every_rank(ddp):
