@@ -64,10 +64,13 @@ def bn_mode(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
             layers normalise with batch statistics but leave their running statistics and
             ``num_batches_tracked`` untouched; all other modules (dropout) in eval mode.
 
-    Example::
+    Example:
 
-        with bn_mode(model, "train"):
-            loss = F.cross_entropy(model(x), y)  # batch statistics, dropout off
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    >>> with bn_mode(model, "train"):  # batch statistics, dropout off
+    ...     _ = model(torch.randn(8, 3))
+    >>> int(model[1].num_batches_tracked), model.training  # nothing updated, flags restored
+    (0, True)
     """
     check_bn_mode(mode)
     training = [(m, m.training) for m in model.modules()]

@@ -203,10 +203,12 @@ def lanczos(
     Returns:
         An :class:`EigenResult`; ``converged`` is False when ``max_iter`` ran out first.
 
-    Example::
+    Example (any ``matvec`` works, e.g. ``HessianOperator.matvec``):
 
-        res = lanczos(op.matvec, op.dim, k=3, generator=torch.Generator().manual_seed(0))
-        res.eigenvalues, res.num_matvecs
+    >>> a = torch.diag(torch.tensor([3.0, -5.0, 2.0, 1.0], dtype=torch.float64))
+    >>> res = lanczos(lambda v: a @ v, 4, k=2, generator=torch.Generator().manual_seed(0))
+    >>> [round(v, 8) for v in res.eigenvalues.tolist()], res.num_matvecs
+    ([3.0, 2.0], 4)
     """
     _check_k(k, dim)
     if which not in WHICH:
@@ -236,7 +238,7 @@ def lanczos(
             break
     assert result is not None
     values, vectors, basis, residuals, done = result
-    eigenvectors = basis.T @ vectors.to(basis.dtype)
+    eigenvectors = basis.T @ vectors.to(basis.device, basis.dtype)
     eigenvectors = eigenvectors / eigenvectors.norm(dim=0, keepdim=True)
     return EigenResult(
         eigenvalues=values.to(dtype),

@@ -16,11 +16,13 @@ at the cost of about one forward and two backward passes per batch. BatchNorm mo
 (see :mod:`largebatch.analysis.batchnorm`), dropout is off, and the model's parameters, buffers,
 ``.grad`` fields and train/eval flags are exactly what they were after every call.
 
-Example::
+Example (with a run's data: ``fixed_batches(run.data.train, 2048, 512, seed=0)``):
 
-    batches, _ = fixed_batches(data.train, num_samples=2048, batch_size=512, seed=0)
-    op = HessianOperator(model, batches, bn_mode="eval")
-    hv = op.matvec(torch.randn(op.dim))  # (P,)
+>>> model = torch.nn.Linear(3, 2)  # P = 3 * 2 + 2 = 8 parameters
+>>> x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+>>> op = HessianOperator(model, [(x[:4], y[:4]), (x[4:], y[4:])], bn_mode="eval")
+>>> op.matvec(torch.randn(op.dim)).shape, op.num_samples
+(torch.Size([8]), 10)
 """
 
 from __future__ import annotations

@@ -53,9 +53,10 @@ def parse_range(text: str) -> list[float]:
         RangeFormatError: naming the expected format, if ``text`` does not parse, ``num`` is not an
             integer >= 2, or an end is not finite.
 
-    Example::
+    Example:
 
-        parse_range("-1:2:4")  # [-1.0, 0.0, 1.0, 2.0]
+    >>> parse_range("-1:2:4")
+    [-1.0, 0.0, 1.0, 2.0]
     """
     parts = str(text).split(":")
     if len(parts) != 3:

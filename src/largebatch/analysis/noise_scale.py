@@ -188,7 +188,11 @@ def gradient_noise_scale(
 
 def injected_noise_variance(alpha: float, gamma: float, step: int) -> float:
     """``sigma_t^2 = alpha / (1 + t)^gamma``: the per-entry variance the gradient-noise transform
-    adds at update ``t`` (``t = 0`` for the first update)."""
+    adds at update ``t`` (``t = 0`` for the first update).
+
+    >>> injected_noise_variance(1e-5, 0.55, 0), round(injected_noise_variance(1e-5, 0.5, 99), 12)
+    (1e-05, 1e-06)
+    """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     return alpha / (1.0 + step) ** gamma

@@ -102,10 +102,15 @@ def epsilon_sharpness(
     Returns:
         A :class:`SharpnessResult`.
 
-    Example::
+    Example: ``f = 0.5 (t_1^2 + 4 t_2^2)`` at its minimum 0 with ``eps = 0.1``: the box is
+    ``|y_i| <= 0.1``, so ``max f = 0.5 (0.01 + 0.04) = 0.025`` and the sharpness is 2.5.
 
-        quad = lambda t: (0.5 * float(t @ (d * t)), d * t)  # f = 0.5 sum d_i t_i^2
-        epsilon_sharpness(quad, x0, 1e-3).sharpness
+    >>> d = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    >>> quad = lambda t: (0.5 * float(t @ (d * t)), d * t)
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> res = epsilon_sharpness(quad, torch.zeros(2, dtype=torch.float64), 0.1, generator=gen)
+    >>> round(res.f_max, 8), round(res.sharpness, 6)
+    (0.025, 2.5)
     """
     from scipy.optimize import Bounds, minimize  # imported here: 0.4 s that the CLI rarely needs
 
