@@ -35,20 +35,11 @@ from largebatch.analysis.eigen import lanczos, power_iteration
 from largebatch.analysis.hvp import HessianOperator, flatten
 from largebatch.config import DataConfig, ModelConfig
 from largebatch.models import build_model
+from largebatch.rundir import cpu_model
 
 THREADS = 1
 SECTION = "## Analysis (issue 4)"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_data(train_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 from largebatch.config import DataConfig
 from largebatch.data import build_dataset
 from largebatch.data import transforms as T
+from largebatch.rundir import cpu_model as cpu_name
 
 SECTION = "## Image data pipeline (issue 5)"
 
@@ -65,16 +65,6 @@ def timed(fn, repeats: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bench_folder(tree: Path, size: int, args: argparse.Namespace, cache: Path) -> list[tuple]:
