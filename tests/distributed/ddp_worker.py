@@ -5,8 +5,9 @@
 Each training goes through :func:`largebatch.engine.train`, exactly as ``largebatch train`` does;
 this script only watches it. It records, for each run ``NAME``, every rank's final parameters in
 ``OUT/NAME/rank{r}.pt`` (the checkpoint holds rank 0's alone), and for the first run the example
-indices each rank trained on, per update (``OUT/quiet/indices{r}.pt``). The test
-(``test_ddp.py``) compares them with single-process runs.
+indices each rank trained on, per update (``OUT/quiet/indices{r}.pt``); each rank's result of a
+diverging run (``OUT/diverged{r}.json``) and the error a CPU SyncBatchNorm run raises
+(``OUT/syncbn_error{r}.txt``). The test (``test_ddp.py``) compares them with single-process runs.
 """
 
 from __future__ import annotations
