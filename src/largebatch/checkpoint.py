@@ -3,7 +3,8 @@
 A checkpoint is a plain dict of tensors, numbers and strings (so ``torch.load(weights_only=True)``
 reads it): ``format``, ``version``, ``epoch`` (completed epochs), ``step`` (completed optimizer
 updates), ``model``, ``optimizer``, ``transforms`` (the gradient pipeline's state, including the
-noise generator), ``rng`` (torch's global CPU RNG state, for dropout) and ``world_size``.
+noise generator) and ``world_size``. Data order, augmentation and dropout are seeded from
+``(train.seed, epoch, rank)`` at the start of each epoch, so they need no saved state.
 
 Writing goes to a temporary file in the same folder, is flushed to disk, then renamed over the
 old file: a kill at any moment leaves either the previous or the new checkpoint, both whole.

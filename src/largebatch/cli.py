@@ -13,6 +13,7 @@ one ``error:`` line that names the fix and exits with code 2. A run whose loss d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,17 @@ def _default_out(config: str | None) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from largebatch.config import load_config
+    from largebatch.distributed import shutdown_distributed
     from largebatch.engine import train
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_out(args.config)
-    result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
+    try:
+        result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
+    finally:
+        shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 1 if result.status == "diverged" else 0  # rank 0 reports for the job
     final = result.summary.get("final") or {}
     if result.status == "diverged":
         print(f"diverged: {result.summary['message']}", file=sys.stderr)

@@ -289,7 +289,6 @@ def train(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         pipeline.load_state_dict(checkpoint["transforms"])
-        torch.set_rng_state(checkpoint["rng"])
         start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
 
     train_model: nn.Module = model
@@ -343,6 +342,9 @@ def train(
             )
             aug_gen = torch.Generator(device=device)
             aug_gen.manual_seed((cfg.train.seed * 1_000_003 + epoch) * 64 + dist.rank)
+            # Dropout draws from the global RNG: seeded per (seed, epoch, rank), so each rank
+            # drops different units and a resumed epoch draws what the uninterrupted one drew.
+            torch.manual_seed(((cfg.train.seed * 1_000_003 + epoch) * 64 + dist.rank) * 2 + 1)
             bar = _progress_bar(show_progress, len(batches), epoch, total_epochs)
             running = 0.0
             examples = 0
@@ -472,7 +474,6 @@ def _save(run_dir, model, optimizer, pipeline, epoch, step, world_size) -> None:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "transforms": pipeline.state_dict(),
-            "rng": torch.get_rng_state(),
             "world_size": world_size,
         },
     )
