@@ -17,6 +17,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,6 +115,16 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
+    compile_mode: str = "default"
+    """``torch.compile`` mode: default | reduce-overhead (CUDA graphs, for small models on a GPU)
+    | max-autotune."""
+    log_every_steps: int = 50
+    """Read the training loss back from the device every N updates (and at each epoch's end):
+    one line of ``steps.jsonl``. A non-finite loss is noticed at the next read (at most N
+    updates late; the update it happened at is recorded)."""
+    eval_every_steps: int | None = None
+    """Also measure validation loss/accuracy every N updates (``evals.jsonl``): the resolution
+    that steps-to-target plots need. None: only at each epoch's end."""
     checkpoint_every_epochs: int = 1
     """Write ``checkpoints/last.pt`` every N epochs (and always at the end)."""
     progress: bool | None = None
@@ -189,7 +201,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats).
+
+    NaN and infinities are refused wherever they appear: a ``nan`` learning rate or noise
+    variance would otherwise pass every range check (comparisons with NaN are all false).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -345,7 +363,10 @@ SCALING_RULES = ("none", "linear", "sqrt")
 SCHEDULES = ("constant", "multistep", "paper", "cosine")
 OPTIMIZERS = ("sgd", "lars")
 AMP_MODES = ("none", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 NOISE_PLACEMENTS = ("gradient", "update")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:(0|[1-9][0-9]*))?")
+"""The device forms a config accepts; whether the device exists is checked when a run starts."""
 
 
 def _choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -363,13 +384,13 @@ def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> 
 
 
 def validate(cfg: Config) -> None:
-    """Check ranges and names; raise :class:`ConfigError` naming the key and the valid values."""
-    from largebatch.data import DATASETS
-    from largebatch.models import MODELS
+    """Check ranges and fixed choices; raise :class:`ConfigError` naming the key and the fix.
 
+    ``data.name`` and ``model.name`` are not checked here: the registries own their names
+    (:func:`largebatch.data.registry.check_dataset_name`,
+    :func:`largebatch.models.registry.check_model_name`), so this module imports neither.
+    """
     d, m, t, o, n = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.noise
-    _choice("data.name", d.name, DATASETS)
-    _choice("model.name", m.name, MODELS)
     _positive("data.num_samples", d.num_samples)
     if not 0.0 < d.train_fraction < 1.0:
         raise ConfigError(f"data.train_fraction: must be in (0, 1), got {d.train_fraction}")
@@ -390,8 +411,14 @@ def validate(cfg: Config) -> None:
     _positive("train.eval_batch_size", t.eval_batch_size)
     _positive("train.threads", t.threads)
     _positive("train.checkpoint_every_epochs", t.checkpoint_every_epochs)
-    if not (t.device in ("auto", "cpu") or t.device.startswith("cuda")):
-        raise ConfigError(f"train.device: '{t.device}' is not one of: auto, cpu, cuda, cuda:N")
+    _positive("train.log_every_steps", t.log_every_steps)
+    _positive("train.eval_every_steps", t.eval_every_steps)
+    _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
+    if not DEVICE_PATTERN.fullmatch(t.device):
+        raise ConfigError(
+            f"train.device: '{t.device}' is not one of: auto, cpu, cuda, cuda:N (N = 0, 1, ...), "
+            "mps"
+        )
     _choice("train.amp", t.amp, AMP_MODES)
     if t.micro_batch_size is not None and t.micro_batch_size > t.global_batch_size:
         raise ConfigError(
@@ -408,6 +435,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.nesterov: needs optim.momentum > 0")
     _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
     _positive("optim.warmup_epochs", o.warmup_epochs, allow_zero=True)
+    _check_warmup_fits(t, o)
     if not 0.0 <= o.warmup_start_factor <= 1.0:
         raise ConfigError(
             f"optim.warmup_start_factor: must be in [0, 1], got {o.warmup_start_factor}"
@@ -426,6 +454,37 @@ def validate(cfg: Config) -> None:
     _positive("noise.alpha", n.alpha, allow_zero=True)
     _positive("noise.gamma", n.gamma, allow_zero=True)
     _choice("noise.placement", n.placement, NOISE_PLACEMENTS)
+
+
+def run_epochs(train: TrainConfig, optim: OptimConfig) -> int:
+    """Epochs the run makes: ``train.epochs``, stretched by ``global_batch_size /
+    base_batch_size`` under ``train.scale_epochs`` and rounded, as
+    :func:`largebatch.optim.schedules.build_schedule` and the engine do."""
+    if not train.scale_epochs:
+        return train.epochs
+    return round(train.epochs * train.global_batch_size / optim.base_batch_size)
+
+
+def _check_warmup_fits(train: TrainConfig, optim: OptimConfig) -> None:
+    """A warmup as long as the run or longer never reaches the learning rate that was asked for.
+
+    Warmup is not stretched by ``train.scale_epochs`` (see ``build_schedule``), the run is: so
+    the comparison is against :func:`run_epochs`.
+    """
+    if optim.warmup_epochs == 0:
+        return
+    epochs = run_epochs(train, optim)
+    if optim.warmup_epochs < epochs:
+        return
+    if train.scale_epochs:
+        scale = train.global_batch_size / optim.base_batch_size
+        run = f"{epochs} epochs (train.epochs={train.epochs} x {scale:g} under train.scale_epochs)"
+    else:
+        run = f"{epochs} epochs (train.epochs)"
+    raise ConfigError(
+        f"optim.warmup_epochs ({optim.warmup_epochs}) is not shorter than the run, {run}: the "
+        "learning rate would never reach its scaled value; shorten the warmup or train longer"
+    )
 
 
 def resolved(cfg: Config) -> Config:

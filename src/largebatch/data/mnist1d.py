@@ -59,5 +59,6 @@ register(
         description="MNIST-1D: 40-sample 1-D signals, 10 classes, generated locally (4000/1000)",
         build=build,
         needs_files=False,
+        input_kind="sequence",
     )
 )
