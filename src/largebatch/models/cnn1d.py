@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from largebatch.config import ModelConfig
 from largebatch.models.registry import ModelInfo, register
 
+KERNEL, STRIDE, PADDING = 5, 2, 1
+
+
+def conv_output_length(length: int, layers: int) -> int:
+    """Length after ``layers`` convolutions of kernel 5, stride 2, padding 1 (PyTorch's formula
+    ``floor((L + 2 p - k) / s) + 1``); 0 or less when the signal is too short."""
+    for _ in range(layers):
+        if length + 2 * PADDING < KERNEL:
+            return 0
+        length = (length + 2 * PADDING - KERNEL) // STRIDE + 1
+    return length
+
+
+MIN_LENGTH = next(n for n in range(1, 100) if conv_output_length(n, 3) >= 1)
+
 
 class CNN1D(nn.Module):
     """Three stride-2 convolutions (kernel 5), optional BatchNorm, ReLU, then a linear classifier.
 
-    Input ``(N, L)`` or ``(N, 1, L)``; with ``channels=25`` and no BatchNorm this is the MNIST-1D
-    paper's CNN.
+    Input ``(N, L)`` or ``(N, 1, L)``, ``L >= 15``; with ``channels=25`` and no BatchNorm this is
+    the MNIST-1D paper's CNN. Building it runs no forward pass: BatchNorm buffers start at their
+    defaults (running mean 0, variance 1, no batches tracked).
     """
 
     def __init__(
@@ -28,14 +43,22 @@ class CNN1D(nn.Module):
         layers: list[nn.Module] = []
         c_in = 1
         for _ in range(3):
-            layers.append(nn.Conv1d(c_in, channels, 5, stride=2, padding=1, bias=not batchnorm))
+            layers.append(
+                nn.Conv1d(c_in, channels, KERNEL, STRIDE, padding=PADDING, bias=not batchnorm)
+            )
             if batchnorm:
                 layers.append(nn.BatchNorm1d(channels))
             layers.append(nn.ReLU(inplace=True))
             c_in = channels
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            out_len = self.features(torch.zeros(1, 1, length)).shape[-1]
+        # Computed, not probed: a probe forward in training mode would update the BatchNorm
+        # running statistics of a model nobody has trained yet.
+        out_len = conv_output_length(length, layers=3)
+        if out_len < 1:
+            raise ValueError(
+                f"cnn1d: a signal of {length} samples is too short for three stride-2 "
+                f"convolutions; it needs at least {MIN_LENGTH} samples"
+            )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(channels * out_len, num_classes)
 
