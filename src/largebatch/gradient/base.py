@@ -19,6 +19,10 @@ engine's update function (:mod:`largebatch.engine.update`) calls and a user's ow
 - ``loss_weights(num_examples, device, info)`` per-example loss weights for the micro-batch about
   to run, or ``None`` (the multiplicative noise kind).
 
+``transform.attach(optimizer)`` (and ``chain.attach(optimizer)``) runs a transform inside any
+``torch.optim`` optimizer's ``step`` -- plain, with a closure, under ``torch.amp.GradScaler`` --
+with its state in ``optimizer.state_dict()`` (:mod:`largebatch.gradient.attach`).
+
 Example::
 
     >>> import torch
@@ -39,9 +43,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from largebatch.gradient.attach import AttachHandle
 
 STAGES = ("gradient", "update")
 
@@ -87,6 +94,16 @@ class GradientTransform:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+    def attach(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    ) -> AttachHandle:
+        """Run this transform once per ``optimizer.step`` (plain, closure, GradScaler,
+        accumulation) with its state in ``optimizer.state_dict()``; see
+        :func:`largebatch.gradient.attach.attach`. ``handle.remove()`` detaches."""
+        from largebatch.gradient.attach import attach
+
+        return attach(self, optimizer, scaler)
 
 
 class TransformChain:
@@ -151,3 +168,12 @@ class TransformChain:
         for t in self.transforms:
             if t.name in state:
                 t.load_state_dict(state[t.name])
+
+    def attach(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    ) -> AttachHandle:
+        """Run the chain, in order, once per ``optimizer.step``; see
+        :func:`largebatch.gradient.attach.attach`."""
+        from largebatch.gradient.attach import attach
+
+        return attach(self, optimizer, scaler)
