@@ -129,3 +129,90 @@ def test_slq_moments_and_nodes():
     # The density's mean estimates tr(A) / dim.
     mean = torch.trapezoid(dens.density * dens.grid, dens.grid).item()
     assert mean == pytest.approx(SPECTRUM.mean().item(), abs=0.3)
+
+
+# Near-degenerate top pair (10 and 9.999), then a gap, then a bulk; a negative outlier in the
+# middle of the magnitudes checks the order.
+NEAR = torch.cat([torch.tensor([10.0, 9.999, -7.0, 5.0]), torch.linspace(-1.0, 1.0, 36)]).to(
+    torch.float64
+)
+
+
+def true_residuals(a: torch.Tensor, res) -> torch.Tensor:
+    u, lam = res.eigenvectors, res.eigenvalues
+    return (a @ u - u * lam).norm(dim=0)
+
+
+def test_power_iteration_reports_the_true_residual_and_does_not_claim_convergence():
+    a = spd_with_spectrum(NEAR, seed=11)
+    res = power_iteration(lambda v: a @ v, 40, k=1, tol=1e-6, max_iter=200, generator=gen(3))
+    # residuals are |A u - lambda u| of the returned pair, not the last change of an estimate
+    # (which is ~1e-12 here: the estimate creeps, so a change test stops at once).
+    torch.testing.assert_close(res.residuals, true_residuals(a, res), rtol=1e-8, atol=1e-12)
+    # 200 products cannot separate 10 from 9.999: the vector is a mixture, and it says so.
+    assert not res.converged
+    assert res.residuals[0] > 1e-6 * 10
+    assert res.which == "magnitude"
+    # Two vectors span both: the Rayleigh-Ritz step separates them, and converged is earned.
+    res = power_iteration(lambda v: a @ v, 40, k=2, tol=1e-6, max_iter=200, generator=gen(3))
+    assert res.converged
+    expected = torch.tensor([10.0, 9.999], dtype=torch.float64)
+    # The eigenvalue error is at most the residual (Weyl / Bauer-Fike for symmetric A).
+    assert bool(((res.eigenvalues - expected).abs() <= res.residuals).all())
+    assert bool((res.residuals <= 1e-6 * expected).all())
+
+
+def test_power_iteration_converged_means_residuals_within_tolerance():
+    a = spd_with_spectrum(NEAR, seed=12)
+    tol = 1e-8
+    res = power_iteration(lambda v: a @ v, 40, k=4, tol=tol, max_iter=400, generator=gen(5))
+    bound = tol * res.eigenvalues.abs()
+    assert res.converged == bool((res.residuals <= bound).all())
+    torch.testing.assert_close(res.residuals, true_residuals(a, res), rtol=1e-8, atol=1e-12)
+
+
+def test_power_iteration_returns_decreasing_magnitude():
+    a = spd_with_spectrum(NEAR, seed=13)
+    for seed in range(4):
+        res = power_iteration(lambda v: a @ v, 40, k=4, tol=1e-6, max_iter=60, generator=gen(seed))
+        mags = res.eigenvalues.abs()
+        assert bool((mags[:-1] >= mags[1:]).all()), res.eigenvalues
+        # The columns follow the values: each residual belongs to its own pair.
+        torch.testing.assert_close(res.residuals, true_residuals(a, res), rtol=1e-8, atol=1e-12)
+
+
+def test_power_iteration_separated_spectrum_converges_to_the_truth():
+    values = torch.cat([torch.tensor([8.0, -6.0, 3.0]), torch.linspace(-1.0, 1.0, 27)])
+    a = spd_with_spectrum(values.to(torch.float64), seed=14)
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return a @ v
+
+    res = power_iteration(matvec, 30, k=3, tol=1e-10, max_iter=2000, generator=gen(1))
+    assert res.converged
+    expected = torch.tensor([8.0, -6.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(res.eigenvalues, expected, rtol=1e-9, atol=0)
+    assert bool((res.residuals <= 1e-10 * expected.abs()).all())
+    assert res.num_matvecs == len(calls) == len(res.history) + 3
+
+
+def test_lanczos_records_which_end_of_the_spectrum():
+    a = spd_with_spectrum(NEAR, seed=15)
+    assert lanczos(lambda v: a @ v, 40, k=1, generator=gen(0)).which == "largest"
+    res = lanczos(lambda v: a @ v, 40, k=1, generator=gen(0), which="magnitude")
+    assert res.which == "magnitude"
+
+
+def test_the_hessian_record_says_which_end_of_the_spectrum():
+    from largebatch.analysis.commands import eigen_record
+
+    a = spd_with_spectrum(NEAR, seed=16)
+    for solver, which in ((lanczos, "largest_algebraic"), (power_iteration, "largest_magnitude")):
+        res = solver(lambda v: a @ v, 40, k=2, tol=1e-8, generator=gen(0))
+        rec = eigen_record(res)
+        assert rec["eigen_which"] == which
+        assert rec["eigenvalues"] == res.eigenvalues.tolist()
+        assert rec["eigen_residuals"] == res.residuals.tolist()
+        assert rec["eigen_converged"] is res.converged

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from largebatch.analysis import figures
-from largebatch.analysis.eigen import lanczos, power_iteration, spectral_density
+from largebatch.analysis.eigen import (
+    WHICH_NAMES,
+    EigenResult,
+    lanczos,
+    power_iteration,
+    spectral_density,
+)
 from largebatch.analysis.hvp import HessianOperator, fixed_batches
 from largebatch.analysis.interpolate import (
     check_same_architecture,
@@ -104,6 +110,20 @@ def _finite(x: float) -> float | None:
 # hessian
 
 
+def eigen_record(eig: EigenResult) -> dict[str, Any]:
+    """The eigen part of ``hessian.json``'s ``values``: eigenvalues in their order, which end of
+    the spectrum they are (``eigen_which``: ``largest_algebraic`` or ``largest_magnitude``), the
+    true residuals ``|H u - lambda u|``, whether all are within tolerance, products used."""
+    return {
+        "eigenvalues": eig.eigenvalues.tolist(),
+        "eigen_which": WHICH_NAMES[eig.which],
+        "eigen_converged": eig.converged,
+        "eigen_residuals": eig.residuals.tolist(),
+        "eigen_matvecs": eig.num_matvecs,
+        "eigen_history": eig.history,
+    }
+
+
 def cmd_hessian(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run = _load(args.run, args.device)
@@ -120,13 +140,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     eig = solver(
         op.matvec, op.dim, args.top_k, tol=args.tol, generator=gen, device=run.device, **kwargs
     )
-    values: dict[str, Any] = {
-        "eigenvalues": eig.eigenvalues.tolist(),
-        "eigen_converged": eig.converged,
-        "eigen_residuals": eig.residuals.tolist(),
-        "eigen_matvecs": eig.num_matvecs,
-        "eigen_history": eig.history,
-    }
+    values = eigen_record(eig)
     trace = density = None
     if args.trace_probes > 0:
         seeds["trace_probes"] = args.seed + 1

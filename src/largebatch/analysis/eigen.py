@@ -21,7 +21,8 @@ faster than power iteration's ``|lambda_2 / lambda_1|^m`` when the gap is small.
 **Power iteration** (:func:`power_iteration`) repeats ``v <- A v / |A v|``; its Rayleigh quotient
 ``v^T A v`` converges to the eigenvalue of largest *magnitude* at the rate
 ``|lambda_2 / lambda_1|`` per product. For ``k > 1`` it deflates the pairs already found
-(Hotelling): ``A_j = A - sum_{i<j} lambda_i u_i u_i^T``.
+(Hotelling): ``A_j = A - sum_{i<j} lambda_i u_i u_i^T``. It stops on the true residual
+``|A v - lambda v|``, read from the same product, and returns the pairs sorted by magnitude.
 
 **Stochastic Lanczos quadrature** (:func:`spectral_density`, Ghorbani et al. 2019, after Golub &
 Meurant and Lin et al.): the spectral density ``phi(t) = (1/P) sum_i delta(t - lambda_i)`` satisfies
@@ -44,6 +45,8 @@ import torch
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 WHICH = ("largest", "magnitude")
+WHICH_NAMES = {"largest": "largest_algebraic", "magnitude": "largest_magnitude"}
+"""How :attr:`EigenResult.which` is recorded in ``hessian.json`` (``values.eigen_which``)."""
 
 
 @dataclass
@@ -56,11 +59,16 @@ class EigenResult:
     """``(dim, k)``, unit columns."""
     num_matvecs: int
     converged: bool
+    """True only when every returned pair's residual is within the tolerance asked for."""
     residuals: torch.Tensor
-    """``(k,)``: ``|A u - lambda u|`` bound for each returned pair (Lanczos) or the last change of
-    the eigenvalue estimate (power iteration)."""
+    """``(k,)``: ``|A u - lambda u|`` of each returned pair, in the order of ``eigenvalues``
+    (Lanczos: the Ritz residual ``beta_m |e_m^T s_i|``, equal to it up to rounding under full
+    reorthogonalisation; power iteration: computed from the product that measured the pair)."""
     history: list[float] = field(default_factory=list)
     """The top eigenvalue estimate after each matrix-vector product (for convergence studies)."""
+    which: str = "largest"
+    """Which end of the spectrum: ``largest`` (largest algebraic) or ``magnitude`` (largest
+    magnitude); see :data:`WHICH_NAMES` for the words written to the Hessian JSON."""
 
 
 @dataclass
@@ -247,6 +255,7 @@ def lanczos(
         converged=done,
         residuals=residuals.to(dtype),
         history=history,
+        which=which,
     )
 
 
@@ -263,57 +272,88 @@ def power_iteration(
 ) -> EigenResult:
     """Top-``k`` eigenpairs (by magnitude) by power iteration with Hotelling deflation.
 
+    Pair ``j`` iterates ``v <- A_j v / |A_j v|`` with the deflated ``A_j = A - sum_{i<j}
+    lambda_i u_i u_i^T`` until its residual ``|A_j v - lambda v|`` is at most ``tol * |lambda|``
+    (or ``max_iter`` products). Deflation passes each pair's error on to the next, so the ``k``
+    vectors are then refined together by one Rayleigh-Ritz step (``k`` more products): the
+    eigenpairs of ``A`` restricted to their span. That step also gives the *true* residual
+    ``|A u - lambda u|`` of every returned pair, which is what ``residuals`` holds and what
+    ``converged`` is judged on.
+
     Args:
         matvec, dim, k, generator, dtype, device: as for :func:`lanczos`.
-        tol: stop a pair when the Rayleigh quotient changes by at most ``tol * |lambda|`` between
-            two products (a cheap criterion that can stop early when convergence is slow).
-        max_iter: the most products *per eigenpair*.
+        tol: relative residual at which a pair has converged, ``|A u - lambda u| <= tol *
+            |lambda|`` (the same criterion as :func:`lanczos`; the eigenvalue error is at most
+            the residual, the eigenvector's angle error about the residual over the gap).
+        max_iter: the most products *per eigenpair*; a pair that runs out is returned as it is,
+            and ``converged`` is False.
 
     Returns:
-        An :class:`EigenResult` in the order found (decreasing magnitude); ``history`` follows
-        the estimate of the pair being computed after each product.
+        An :class:`EigenResult` with ``which == "magnitude"``: eigenvalues in decreasing
+        magnitude (sorted after the search: with a near-degenerate spectrum, deflation can find
+        them out of order), each column of ``eigenvectors`` and entry of ``residuals`` with its
+        value; ``converged`` is True only when every residual is within the tolerance;
+        ``history`` holds the estimate after each product, in the order the pairs were searched;
+        ``num_matvecs`` is ``len(history) + k`` (the Rayleigh-Ritz products).
     """
     _check_k(k, dim)
-    values: list[float] = []
     vectors: list[torch.Tensor] = []
-    changes: list[float] = []
+    values: list[float] = []
     history: list[float] = []
-    all_converged = True
     for _ in range(k):
         v = _random_unit(dim, generator, dtype, device)
         if vectors:
             v = _orthogonalise(v, torch.stack(vectors))
             v = v / v.norm()
-        estimate, change, converged = math.nan, math.inf, False
+        estimate = math.nan
         for _ in range(max_iter):
             w = matvec(v)
             for lam, u in zip(values, vectors, strict=True):
                 w = w - lam * torch.dot(u, v) * u
-            new = float(torch.dot(v, w))
-            history.append(new)
-            norm = w.norm()
-            if norm == 0:  # v is in the null space of the deflated operator
-                estimate, change, converged = new, 0.0, True
+            estimate = float(torch.dot(v, w))
+            history.append(estimate)
+            # Residual of the deflated operator: it reaches rounding level, unlike the residual
+            # against A, which keeps the earlier pairs' errors (measured below).
+            if float((w - estimate * v).norm()) <= tol * max(abs(estimate), 1e-30):
+                break
+            norm = float(w.norm())
+            # v in a null space of the deflated operator, or a product that overflowed: stop.
+            if norm == 0 or not math.isfinite(norm):
                 break
             v = w / norm
-            if not math.isnan(estimate):
-                change = abs(new - estimate)
-                if change <= tol * abs(new):
-                    estimate, converged = new, True
-                    break
-            estimate = new
-        all_converged &= converged
         values.append(estimate)
         vectors.append(v)
-        changes.append(change)
+    eigenvalues, eigenvectors, residuals = _rayleigh_ritz(matvec, torch.stack(vectors, dim=1))
+    order = torch.argsort(eigenvalues.abs(), descending=True, stable=True)
+    eigenvalues, residuals = eigenvalues[order], residuals[order]
     return EigenResult(
-        eigenvalues=torch.tensor(values, dtype=dtype),
-        eigenvectors=torch.stack(vectors, dim=1),
-        num_matvecs=len(history),
-        converged=all_converged,
-        residuals=torch.tensor(changes, dtype=dtype),
+        eigenvalues=eigenvalues.to(dtype),
+        eigenvectors=eigenvectors[:, order.to(eigenvectors.device)],
+        num_matvecs=len(history) + k,
+        converged=bool((residuals <= tol * eigenvalues.abs().clamp_min(1e-30)).all()),
+        residuals=residuals.to(dtype),
         history=history,
+        which="magnitude",
     )
+
+
+def _rayleigh_ritz(
+    matvec: MatVec, vectors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best eigenpairs of ``A`` in ``span(vectors)`` (``(dim, k)``) and their true residuals.
+
+    One product per column: ``T = Q^T A Q`` for an orthonormal basis ``Q`` of the span,
+    ``T = S diag(theta) S^T``, Ritz vectors ``X = Q S``, residuals ``|A X - X theta|`` per
+    column. Returns ``(theta (k,), X (dim, k), residuals (k,))``, in ``eigh``'s order.
+    """
+    q, _ = torch.linalg.qr(vectors)
+    aq = torch.stack([matvec(q[:, i]) for i in range(q.shape[1])], dim=1)
+    t = q.T @ aq
+    theta, s = torch.linalg.eigh(((t + t.T) / 2).to(torch.float64))
+    s = s.to(q.dtype)
+    x, ax = q @ s, aq @ s
+    residuals = (ax - x * theta.to(q.dtype)).norm(dim=0)
+    return theta, x, residuals.to(torch.float64)
 
 
 def spectral_density(
