@@ -369,3 +369,18 @@ def test_two_ranks_reduced_equal_each_other_and_the_merged_groups_formula(cls):
 def test_docstring_examples_run():
     for module in (microbatch_noise, diagonal_noise, multiplicative_noise):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_merged_groups_estimator_is_unbiased():
+    # The "reduced" DDP groups have unequal sizes (m, ..., m, W m); the weighted estimator the
+    # kinds use, sum_j m_j (g_j - g)^2 / (n - 1), is still unbiased for diag(Sigma).
+    gen, w, k = torch.Generator().manual_seed(14), 2, 3
+    estimates = []
+    for _ in range(3000):
+        g_i, diag_sigma = per_example_grads(w * k * M, gen)
+        g = g_i.view(w, k, M, D).mean(2)
+        groups = torch.cat([g[:, :-1].reshape(-1, D), g[:, -1].mean(0, keepdim=True)])
+        sizes = torch.tensor([M] * (w * (k - 1)) + [w * M], dtype=F64)[:, None]
+        mean = g.mean((0, 1))
+        estimates.append((sizes * (groups - mean).pow(2)).sum(0) / (len(groups) - 1))
+    assert_within(torch.stack(estimates), diag_sigma)
