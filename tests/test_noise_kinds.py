@@ -319,6 +319,7 @@ def test_one_microbatch_is_a_config_error(cls):
     ddp = cls([param()], C, M, world_size=2, all_reduce=lambda t: t)
     with pytest.raises(ValueError, match="train.micro_batch_size"):
         ddp.begin_update(1, INFO)  # "reduced": one micro-batch per rank is seen only summed
+    assert torch.equal(drive(cls([param()], 0.0, M), [torch.ones(D)], torch.ones(D)), torch.ones(D))
 
 
 # --- (g): two simulated ranks -------------------------------------------------------------------

@@ -155,7 +155,7 @@ class MicrobatchKind(GradientTransform):
     def _begin(self, num_microbatches: int) -> int:
         k = int(num_microbatches)
         n = self.num_groups(k) if k >= 1 else 0
-        if n < 2:
+        if n < 2 and self.c > 0:  # c = 0 adds nothing and needs nothing
             raise ValueError(
                 f"{self.name} needs at least 2 micro-batches per update (got {k} per rank on "
                 f"{self.world_size} rank(s), last_microbatch='{self.last_microbatch}'): lower "
