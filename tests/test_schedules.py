@@ -1,9 +1,17 @@
 import math
 
 import pytest
+import torch
 
 from largebatch.config import load_config
 from largebatch.optim import build_schedule, paper_milestones, scale_lr
+from largebatch.optim.schedules import (
+    as_lambda_lr,
+    multistep_lambda,
+    paper_lambda,
+    warmup_cosine_lambda,
+    warmup_lambda,
+)
 
 
 def test_scaling_rules():
@@ -59,3 +67,79 @@ def test_cosine_with_warmup():
     assert s(10) == pytest.approx(2.0)
     assert s(60) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert s(110) == pytest.approx(0.2)
+
+
+def lambda_lr_sequence(factor, peak=0.4, steps=12):
+    """The LRs a LambdaLR with ``factor`` gives to updates 0..steps-1 of an SGD at ``peak``."""
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=peak)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize(
+    "factor, expected",
+    [
+        (warmup_lambda(4, 0.25), lambda t: 0.25 + 0.75 * t / 4 if t < 4 else 1.0),
+        (
+            warmup_cosine_lambda(2, 10, min_factor=0.1),
+            lambda t: (
+                t / 2
+                if t < 2
+                else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - 2) / 8)))
+            ),
+        ),
+        (
+            multistep_lambda([3, 7], factor=0.5, warmup_steps=2),
+            lambda t: (t / 2 if t < 2 else 1.0) * 0.5 ** ((t >= 3) + (t >= 7)),
+        ),  # fmt: skip
+        (
+            paper_lambda(steps_per_epoch=1, total_epochs=60),
+            lambda t: 0.9 ** sum(t >= e for e in (25, 40, 50)),
+        ),  # fmt: skip
+    ],
+)
+def test_factories_are_lambda_lr_multipliers(factor, expected):
+    steps = 60
+    got = lambda_lr_sequence(factor, peak=0.4, steps=steps)
+    assert got == pytest.approx([0.4 * expected(t) for t in range(steps)])
+
+
+def test_as_lambda_lr_follows_the_engine_schedule():
+    s = sched(
+        ["optim.schedule=cosine", "optim.warmup_epochs=1", "optim.warmup_start_factor=0.1"],
+        lr=0.3,
+        steps_per_epoch=5,
+        epochs=4,
+    )
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.3)
+    scheduler = as_lambda_lr(opt, s)
+    for t in range(20):
+        assert opt.param_groups[0]["lr"] == pytest.approx(s(t))
+        opt.step()
+        scheduler.step()
+    # the scheduler's own state_dict round-trips (LambdaLR saves callable objects' fields)
+    state = scheduler.state_dict()
+    again = as_lambda_lr(torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.3), s)
+    again.load_state_dict(state)
+    assert again.last_epoch == 20
+
+
+def test_factory_arguments_are_checked():
+    with pytest.raises(ValueError, match="total_steps"):
+        warmup_cosine_lambda(10, 10)
+    with pytest.raises(ValueError, match="start_factor"):
+        warmup_lambda(3, start_factor=2.0)
+
+
+@pytest.mark.parametrize("module", ["largebatch.optim.schedules"])
+def test_schedule_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
