@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from largebatch.config import ConfigError
+
 # augment(x, generator) -> x: a batched, device-side augmentation drawn from ``generator``.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -97,10 +99,27 @@ class DatasetBundle:
     """Provenance for the run directory: source files, counts, split manifest hash."""
 
 
+def train_subset_indices(labels: torch.Tensor, train_subset: int, seed: int) -> torch.Tensor:
+    """``data.train_subset``: the stratified subset of the training labels, or a
+    :class:`ConfigError` naming both numbers when it asks for more examples than there are."""
+    if train_subset > len(labels):
+        raise ConfigError(
+            f"data.train_subset={train_subset} is larger than the training set "
+            f"({len(labels)} examples); use at most {len(labels)}, or leave it unset (null) to "
+            "train on all of it"
+        )
+    return stratified_subset(labels, train_subset, seed)
+
+
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Indices of ``size`` examples with class proportions kept, drawn from ``seed`` (sorted)."""
+    """Indices of ``size`` examples with class proportions kept, drawn from ``seed`` (sorted).
+
+    ``size`` must be at most ``len(labels)``; equal to it, every index is returned.
+    """
     n = len(labels)
-    if size >= n:
+    if size > n:
+        raise ValueError(f"a subset of {size} examples was asked of {n}")
+    if size == n:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed)
     classes = labels.unique()

@@ -6,8 +6,9 @@ split: the paper splits 3:1 into training and validation, which is done here str
 (``data.val_fraction = 0.25``, ``data.split_seed``) and recorded as a manifest in the bundle's
 ``info`` (see :mod:`largebatch.data.image_folder`).
 
-What is read, looked for in ``data.root``, ``data.root/caltech101``, ``$LARGEBATCH_DATA/caltech101``
-and ``~/.cache/largebatch/caltech101`` (where ``largebatch download caltech101`` puts it):
+What is read, looked for in ``data.root`` and ``data.root/caltech101`` only when ``data.root`` is
+set (an error if none is there), else in ``$LARGEBATCH_DATA/caltech101``, ``$LARGEBATCH_DATA`` and
+``~/.cache/largebatch/caltech101`` (where ``largebatch download caltech101`` puts it):
 
 - the extracted ``101_ObjectCategories/`` folder (also under ``caltech-101/``);
 - ``101_ObjectCategories.tar.gz`` (also under ``caltech-101/``);
@@ -32,6 +33,7 @@ from largebatch.data.base import DatasetBundle
 from largebatch.data.decode_cache import default_cache_dir
 from largebatch.data.download import check_member_path, safe_extract
 from largebatch.data.image_folder import build_tree_bundle
+from largebatch.data.locate import not_in_root, search_dirs
 from largebatch.data.registry import DataError, DatasetInfo, register
 
 TREE = "101_ObjectCategories"
@@ -41,15 +43,15 @@ BACKGROUND = "BACKGROUND_Google"
 OFFICIAL_CLASSES = 101
 
 
+EXPECTED = f"{TREE}/, {TARBALL} or {ZIPFILE} (also under caltech-101/)"
+HOW_TO_GET = (
+    "run 'largebatch download caltech101' on a machine with a network, or download "
+    "caltech-101.zip from https://data.caltech.edu/records/mzrjq-6wc02"
+)
+
+
 def candidate_dirs(root: str | None) -> list[Path]:
-    dirs: list[Path] = []
-    if root:
-        dirs += [Path(root).expanduser(), Path(root).expanduser() / "caltech101"]
-    env = os.environ.get("LARGEBATCH_DATA")
-    if env:
-        dirs.append(Path(env) / "caltech101")
-    dirs.append(Path.home() / ".cache" / "largebatch" / "caltech101")
-    return dirs
+    return search_dirs("caltech101", root, (), EXPECTED, HOW_TO_GET)
 
 
 def find_source(root: str | None) -> Path:
@@ -63,6 +65,8 @@ def find_source(root: str | None) -> Path:
             for candidate in (sub / TREE, sub / TARBALL, sub / ZIPFILE):
                 if candidate.exists():
                     return candidate
+    if root:
+        raise not_in_root(root, "caltech101", EXPECTED, HOW_TO_GET)
     raise DataError(
         f"caltech101: none of {TREE}/, {TARBALL} or {ZIPFILE} found in {', '.join(looked)}. "
         "To get it: run 'largebatch download caltech101' on a machine with a network (it puts "

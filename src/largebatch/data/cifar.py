@@ -9,15 +9,16 @@ byte(s) then 3072 pixel bytes (1024 red, 1024 green, 1024 blue, row-major 32x32)
   ``test.bin`` (10000); 2 label bytes, coarse then fine: the fine label (100 classes) is used.
 
 Read from the archive itself (only the named members, nothing extracted) or from the extracted
-folder, looked for in ``data.root``, ``data.root/<name>``, ``$LARGEBATCH_DATA/<name>`` and
-``~/.cache/largebatch/<name>``. Sizes and label ranges are checked. The images are held as uint8
-on the device; ``augment`` is the pad-4 random crop plus flip; batches are normalised with the
-dataset's mean and std. The official test set is the validation split.
+folder, looked for in ``data.root`` and ``data.root/<name>`` only when ``data.root`` is set (an
+error if they are not there), else in ``$LARGEBATCH_DATA/<name>``, ``$LARGEBATCH_DATA`` and
+``~/.cache/largebatch/<name>`` (see :mod:`largebatch.data.locate`). Sizes and label ranges are
+checked. The images are held as uint8 on the device; ``augment`` is the pad-4 random crop plus
+flip; batches are normalised with the dataset's mean and std. The official test set is the
+validation split.
 """
 
 from __future__ import annotations
 
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 
 from largebatch.config import DataConfig
-from largebatch.data.base import DatasetBundle, stratified_subset
+from largebatch.data.base import DatasetBundle, train_subset_indices
+from largebatch.data.locate import not_in_root, search_dirs
 from largebatch.data.registry import DataError, DatasetInfo, register
 from largebatch.data.transforms import (
     CIFAR10_MEAN,
@@ -93,15 +95,17 @@ def parse_records(data: bytes, fmt: CifarFormat, where: str) -> tuple[np.ndarray
     return images, labels
 
 
+def expected_files(name: str) -> str:
+    fmt = FORMATS[name]
+    return f"{fmt.archive} or {fmt.folder}/ ({', '.join(fmt.train_files + fmt.test_files)})"
+
+
+def how_to_get(name: str) -> str:
+    return f"run 'largebatch download {name}' on a machine with a network"
+
+
 def candidate_dirs(name: str, root: str | None) -> list[Path]:
-    dirs: list[Path] = []
-    if root:
-        dirs += [Path(root).expanduser(), Path(root).expanduser() / name]
-    env = os.environ.get("LARGEBATCH_DATA")
-    if env:
-        dirs += [Path(env) / name, Path(env)]
-    dirs.append(Path.home() / ".cache" / "largebatch" / name)
-    return dirs
+    return search_dirs(name, root, (), expected_files(name), how_to_get(name))
 
 
 def _read_folder(folder: Path, fmt: CifarFormat) -> dict[str, list[bytes]]:
@@ -143,6 +147,8 @@ def load_raw(name: str, root: str | None) -> tuple[dict[str, list[bytes]], Path]
                 return _read_folder(folder, fmt), folder
         if (d / fmt.archive).is_file():
             return _read_archive(d / fmt.archive, fmt), d / fmt.archive
+    if root:
+        raise not_in_root(root, name, expected_files(name), how_to_get(name))
     raise DataError(
         f"{name}: neither {fmt.archive} nor {fmt.folder}/ ({', '.join(fmt.train_files)}, "
         f"{', '.join(fmt.test_files)}) found in {', '.join(looked)}. To get it: run "
@@ -175,7 +181,7 @@ def build_cifar(name: str, cfg: DataConfig, device: torch.device) -> DatasetBund
 
     train = split("train", train_transform)
     if cfg.train_subset is not None:
-        idx = stratified_subset(train.labels, cfg.train_subset, cfg.split_seed).to(device)
+        idx = train_subset_indices(train.labels, cfg.train_subset, cfg.split_seed).to(device)
         train = ImageSplit(
             train.images.index_select(0, idx),
             train.y.index_select(0, idx),

@@ -1,15 +1,16 @@
 """Fashion-MNIST and MNIST from their official IDX files (plain or gzipped).
 
-Where the files are looked for, in order: ``data.root``; the environment variable
+Where the files are looked for: an explicit ``data.root`` (the folder or its ``<name>/``
+subfolder) and nowhere else; when ``data.root`` is unset, in order, the environment variable
 ``LARGEBATCH_DATA`` (``$LARGEBATCH_DATA/<name>``); for Fashion-MNIST the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``); ``~/.cache/largebatch/<name>``
-(where ``largebatch download <name>`` puts them). Magic numbers, dimensions and counts are checked.
+(where ``largebatch download <name>`` puts them); see :mod:`largebatch.data.locate`. Magic
+numbers, dimensions and counts are checked.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from largebatch.config import DataConfig
-from largebatch.data.base import DatasetBundle, TensorSplit, stratified_subset
+from largebatch.data.base import DatasetBundle, TensorSplit, train_subset_indices
+from largebatch.data.locate import not_in_root, search_dirs
 from largebatch.data.registry import DataError, DatasetInfo, register
 
 FILES = {
@@ -67,16 +69,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+EXPECTED = f"the IDX files ({', '.join(FILES.values())}, optionally .gz)"
+
+
 def candidate_dirs(name: str, root: str | None) -> list[Path]:
-    dirs: list[Path] = []
-    if root:
-        dirs += [Path(root), Path(root) / name]
-    env = os.environ.get("LARGEBATCH_DATA")
-    if env:
-        dirs += [Path(env) / name, Path(env)]
-    dirs += [Path(p) for p in SYSTEM_DIRS.get(name, [])]
-    dirs.append(Path.home() / ".cache" / "largebatch" / name)
-    return dirs
+    return search_dirs(name, root, SYSTEM_DIRS.get(name, []), EXPECTED, HOW_TO_GET[name])
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -89,11 +86,17 @@ def _find(directory: Path, stem: str) -> Path | None:
 def find_files(name: str, root: str | None) -> dict[str, Path]:
     """The four IDX files of ``name`` from the first directory that has them all."""
     looked = []
+    partial = ""
     for directory in candidate_dirs(name, root):
         looked.append(str(directory))
         found = {key: _find(directory, stem) for key, stem in FILES.items()}
         if all(found.values()):
             return found  # type: ignore[return-value]
+        if any(found.values()) and not partial:
+            missing = [FILES[key] for key, path in found.items() if path is None]
+            partial = f"{directory} has some of them but is missing {', '.join(missing)}."
+    if root:
+        raise not_in_root(root, name, EXPECTED, HOW_TO_GET[name], partial)
     raise DataError(
         f"{name}: IDX files ({', '.join(FILES.values())}, optionally .gz) not found in "
         f"{', '.join(looked)}. To get them: {HOW_TO_GET[name]}."
@@ -131,7 +134,7 @@ def build_idx(name: str, cfg: DataConfig, device: torch.device) -> DatasetBundle
     y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     train = TensorSplit(_to_tensor(arrays["train_images"], mean, std), y)
     if cfg.train_subset is not None:
-        train = train.subset(stratified_subset(y, cfg.train_subset, cfg.split_seed))
+        train = train.subset(train_subset_indices(y, cfg.train_subset, cfg.split_seed))
     val = TensorSplit(
         _to_tensor(arrays["val_images"], mean, std),
         torch.from_numpy(arrays["val_labels"].astype(np.int64)),

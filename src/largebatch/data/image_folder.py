@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from largebatch.config import DataConfig
-from largebatch.data.base import DatasetBundle, stratified_subset
+from largebatch.data.base import DatasetBundle, train_subset_indices
 from largebatch.data.decode_cache import DecodedImages, decode_images
+from largebatch.data.locate import explicit_root
 from largebatch.data.registry import DataError, DatasetInfo, register
 from largebatch.data.transforms import (
     IMAGENET_MEAN,
@@ -173,7 +174,7 @@ def build_tree_bundle(
     images = to_device_images(decoded.images, device)
     train, val = _split_pair(images, labels, is_val, cfg)
     if cfg.train_subset is not None:
-        train = _subset(train, stratified_subset(train.labels, cfg.train_subset, cfg.split_seed))
+        train = _subset(train, train_subset_indices(train.labels, cfg.train_subset, cfg.split_seed))
     info = {
         "source": str(tree),
         "num_train": len(train),
@@ -230,7 +231,7 @@ def build_train_val_bundle(root: Path, cfg: DataConfig, device: torch.device) ->
         skipped += [f"{part}/{f}" for f in sorted(decoded.skipped)]
     train, val = splits
     if cfg.train_subset is not None:
-        train = _subset(train, stratified_subset(train.labels, cfg.train_subset, cfg.split_seed))
+        train = _subset(train, train_subset_indices(train.labels, cfg.train_subset, cfg.split_seed))
     info = {
         "source": str(root),
         "num_train": len(train),
@@ -253,9 +254,9 @@ def build(cfg: DataConfig, device: torch.device) -> DatasetBundle:
             "image_folder needs data.root: a folder with train/ and val/ class subfolders, or one "
             "class-per-subfolder tree (split by data.val_fraction)"
         )
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image_folder: data.root '{root}' is not a folder")
+    root = explicit_root(
+        cfg.root, "train/ and val/ class subfolders, or one class-per-subfolder tree of images"
+    )
     if (root / "train").is_dir() and (root / "val").is_dir():
         return build_train_val_bundle(root, cfg, device)
     return build_tree_bundle("image_folder", root, cfg, device)

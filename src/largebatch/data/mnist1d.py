@@ -1,7 +1,8 @@
 """MNIST-1D (Greydanus, 2020), generated locally by the ``mnist1d`` package: no download.
 
 40-sample 1-D signals in 10 classes; by default 5000 examples split 4000/1000. The generator is
-deterministic (the package's seed 42), so every run sees the same data.
+deterministic (the package's seed 42), so every run sees the same data. It reads no files:
+an explicit ``data.root`` is an error rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from largebatch.config import DataConfig
-from largebatch.data.base import DatasetBundle, TensorSplit, stratified_subset
+from largebatch.config import ConfigError, DataConfig
+from largebatch.data.base import DatasetBundle, TensorSplit, train_subset_indices
 from largebatch.data.registry import DataError, DatasetInfo, register
 
 _CACHE: dict[tuple[int, float], dict] = {}
@@ -32,6 +33,11 @@ def generate(num_samples: int = 5000, train_fraction: float = 0.8) -> dict:
 
 
 def build(cfg: DataConfig, device: torch.device) -> DatasetBundle:
+    if cfg.root:
+        raise ConfigError(
+            f"data.root '{cfg.root}' is set, but mnist1d is generated locally and reads no files; "
+            "unset data.root (null), or choose a dataset that reads files"
+        )
     raw = generate(cfg.num_samples, cfg.train_fraction)
     x = torch.from_numpy(np.asarray(raw["x"], dtype=np.float32))
     y = torch.from_numpy(np.asarray(raw["y"], dtype=np.int64))
@@ -39,7 +45,7 @@ def build(cfg: DataConfig, device: torch.device) -> DatasetBundle:
     y_val = torch.from_numpy(np.asarray(raw["y_test"], dtype=np.int64))
     train = TensorSplit(x, y)
     if cfg.train_subset is not None:
-        train = train.subset(stratified_subset(y, cfg.train_subset, cfg.split_seed))
+        train = train.subset(train_subset_indices(y, cfg.train_subset, cfg.split_seed))
     return DatasetBundle(
         train=train.to(device),
         val=TensorSplit(x_val, y_val).to(device),
