@@ -2,8 +2,10 @@
 
 Decoding JPEGs is the slow part of an image pipeline, and a small dataset (Caltech101: ~9k
 images) fits in memory once decoded at a fixed resolution. :func:`decode_images` decodes every
-file with PIL (converted to RGB: the sets hold grayscale and CMYK JPEGs), resizes its shorter side
-to ``resolution`` and takes the central square, and stores the result in ``cache_dir`` as
+file with PIL into 8-bit RGB as :func:`open_rgb` says (EXIF orientation applied, 16-bit
+grayscale scaled, transparency composited on white, grayscale and CMYK converted), resizes its
+shorter side to ``resolution`` and takes the central square, and stores the result in
+``cache_dir`` as
 
 - ``<key>.npy``: uint8 ``(N, resolution, resolution, 3)``, one row per listed file;
 - ``<key>.json``: the index (files in row order, files skipped as unreadable with their errors).
@@ -31,12 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from largebatch.data.registry import DataError
 
-FORMAT_VERSION = 1
-"""Bumped when what is stored changes (resampling, layout), so old caches are not reused."""
+FORMAT_VERSION = 2
+"""Bumped when what is stored changes (resampling, layout, decoding), so old caches are not
+reused. 2: EXIF orientation, 16-bit scaling and alpha compositing (:func:`open_rgb`)."""
+
+BACKGROUND = (255, 255, 255)
+"""What transparent pixels are composited on: white, as image libraries and model
+preprocessors (e.g. Hugging Face's ``convert_to_rgb``) do, and as a viewer shows them."""
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""PIL modes of 16-bit grayscale (``I``: 32-bit integers, which is how PIL may hold them)."""
 
 STATS = {"decoded": 0, "cache_hits": 0}
 """Counters for this process: images decoded, and caches reused (the tests read them)."""
@@ -46,21 +56,57 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "largebatch"
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened PIL image as 8-bit RGB, as it is meant to be seen.
+
+    In order:
+
+    1. EXIF orientation is applied (``PIL.ImageOps.exif_transpose``): a photo stored sideways
+       with an orientation tag comes out upright, as viewers and torchvision users see it.
+    2. 16-bit grayscale (modes ``I;16``, ``I;16B``, ``I;16L``; and ``I``, read as 16-bit values
+       clipped to ``[0, 65535]``), from PNG or TIFF, is scaled to 8 bits,
+       ``round(v * 255 / 65535)`` (PIL's own conversion clips, turning it white).
+    3. Transparency (modes ``RGBA``, ``LA``, ``PA``, or a ``P``/``L``/``RGB`` image with a
+       transparent colour) is composited on :data:`BACKGROUND`, white, so the colour stored
+       under transparent pixels is never shown.
+    4. Anything else (``L``, ``CMYK``, ``P``, ``1``, ...) goes through PIL's ``convert("RGB")``.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64).clip(0, 65535)
+        img = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+    if has_alpha or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba)
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Read one image file fully and return it as 8-bit RGB (see :func:`to_rgb`).
+
+    Raises whatever PIL raises on an unreadable or truncated file (the caller names the file).
+    """
+    with Image.open(path) as img:
+        img.load()  # the full decode: truncated files fail here
+        return to_rgb(img)
+
+
 def decode_image(path: str | Path, resolution: int) -> np.ndarray:
-    """One image file -> uint8 ``(resolution, resolution, 3)``: RGB, shorter side resized, centred.
+    """One image file -> uint8 ``(resolution, resolution, 3)``: RGB as :func:`open_rgb` makes
+    it, shorter side resized to ``resolution`` (bilinear), the central square.
 
     Raises whatever PIL raises on an unreadable file (the caller names the file).
     """
-    with Image.open(path) as img:
-        img = img.convert("RGB")  # also forces the full decode: truncated files fail here
-        width, height = img.size
-        s = resolution / min(width, height)
-        new = (max(resolution, round(width * s)), max(resolution, round(height * s)))
-        if new != (width, height):
-            img = img.resize(new, Image.BILINEAR)
-        left, top = (new[0] - resolution) // 2, (new[1] - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
-        return np.asarray(img, dtype=np.uint8)
+    img = open_rgb(path)
+    width, height = img.size
+    s = resolution / min(width, height)
+    new = (max(resolution, round(width * s)), max(resolution, round(height * s)))
+    if new != (width, height):
+        img = img.resize(new, Image.BILINEAR)
+    left, top = (new[0] - resolution) // 2, (new[1] - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    return np.asarray(img, dtype=np.uint8)
 
 
 class _DecodeDataset(torch.utils.data.Dataset):

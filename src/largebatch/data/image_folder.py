@@ -2,7 +2,16 @@
 
 Registered as ``image_folder``: ``data.root`` holds either ``train/`` and ``val/``, each with one
 subfolder per class, or a single class-per-subfolder tree that is split here, stratified by class
-(``data.val_fraction``, ``data.split_seed``), as Caltech101 is. Images go through the decode cache
+(``data.val_fraction``, ``data.split_seed``), as Caltech101 is. ``data.root`` must exist and be a
+folder (it is never replaced by another location).
+
+Decoding (:func:`largebatch.data.decode_cache.to_rgb`), so that every file becomes the 8-bit RGB
+image a viewer shows: the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``);
+16-bit grayscale PNG/TIFF (PIL modes ``I;16``, ``I;16B``, ``I;16L``, and ``I`` read as 16-bit) is
+scaled to 8 bits as ``round(v * 255 / 65535)``, not clipped; images with transparency (``RGBA``,
+``LA``, ``PA``, or a palette/grayscale/RGB image with a transparent colour) are alpha-composited on
+a white background (as Hugging Face's ``convert_to_rgb`` does); grayscale, CMYK and palette images
+are converted by PIL. Images go through the decode cache
 (:mod:`largebatch.data.decode_cache`) at ``stored_resolution(image_size)`` (256 for 224) and are
 held as a uint8 tensor on the training device; a batch is gathered and augmented there (random
 resized crop + flip for training, central crop for validation) and normalised with the ImageNet
