@@ -1,7 +1,9 @@
 """The ``largebatch`` command line.
 
     largebatch train CONFIG.yaml [KEY=VALUE ...] [--out DIR] [--resume] [--stop-after N]
-    largebatch demo [--quick] [--out DIR]
+    largebatch demo [--quick] [--out DIR] [--seeds N]
+    largebatch sweep SPEC.yaml [--out DIR] [--workers N] [--quick] [--seeds N]
+    largebatch report DIR... [--out DIR] [--target ACC]
     largebatch analyze {hessian,sharpness,interpolate,surface,noise-scale} ...
     largebatch download NAME [--root DIR]
     largebatch list
@@ -90,6 +92,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(quick=args.quick, out=Path(args.out) if args.out else None, seeds=args.seeds)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from largebatch.sweep import cmd_sweep
+
+    return cmd_sweep(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from largebatch.report import cmd_report
+
+    return cmd_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="largebatch",
@@ -120,8 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="small vs large batch vs large batch + noise on MNIST-1D")
     p.add_argument("--quick", action="store_true", help="a fast version (under 2 minutes)")
     p.add_argument("--out", help="output folder (default: runs/demo[-quick])")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: 3, quick: 2)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: 10, quick: 2)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="a grid of settings x seeds from a spec, resumable")
+    p.add_argument("spec", help="sweep spec (YAML; presets in configs/sweeps/)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. data.root=DIR"
+    )
+    p.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>[-quick])")
+    p.add_argument(
+        "--workers", type=int, help="runs at once (default 1; on a CPU threads are split)"
+    )
+    p.add_argument("--quick", action="store_true", help="the spec's smoke form (fewer epochs)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (replaces the spec's)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("report", help="tables (mean ± std over seeds) and figures from runs")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or sweep folders")
+    p.add_argument("--out", help="output folder (default: DIR/report for one DIR, else report)")
+    p.add_argument("--target", type=float, help="val accuracy (%%) for steps-to-target")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("download", help="fetch a dataset's official files (needs a network)")
     p.add_argument("name", help="fashion_mnist | mnist | cifar10 | cifar100 | caltech101")

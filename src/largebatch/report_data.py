@@ -1,0 +1,324 @@
+"""Runs read back for a report: grouped by setting, with their statistics over seeds.
+
+A *setting* is the resolved config minus the seeds (``train.seed``, ``noise.seed``) and the keys
+that do not change what is computed (``IGNORED_KEYS``: threads, device, progress, ...). The
+statistics are over a setting's completed runs: mean, sample standard deviation (``ddof=1``), n
+and the half-width of the 95% t-interval of the mean. Diverged and failed runs are counted, never
+averaged in. Everything here reads run directories; nothing trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from largebatch import rundir
+from largebatch.errors import UserError
+
+SEED_KEYS = ("train.seed", "noise.seed")
+IGNORED_KEYS = frozenset(
+    {
+        *SEED_KEYS,
+        "train.threads",
+        "train.device",
+        "train.progress",
+        "train.eval_batch_size",
+        "train.checkpoint_every_epochs",
+        "data.root",
+        "data.num_workers",
+        "data.cache_dir",
+    }
+)
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then about 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line)) if line.strip() else None
+            except json.JSONDecodeError:
+                break  # a line cut by a kill
+    return rows
+
+
+def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, keys in cfg.items() for k, v in (keys or {}).items()}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    """Flat: ``{"train.global_batch_size": 512, ...}``."""
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    env: dict[str, Any]
+    data: dict[str, Any]
+    hessian: dict[str, Any] | None = None
+    label: str | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+    @property
+    def seed(self) -> int:
+        return self.config.get("train.seed", 0)
+
+    @property
+    def batch(self) -> int:
+        return self.config["train.global_batch_size"]
+
+    @property
+    def lr(self) -> float:
+        """The learning rate after scaling (``data.json``), else the base one."""
+        return self.data.get("scaled_lr", self.config["optim.lr"])
+
+    def setting_key(self) -> str:
+        return json.dumps(
+            {k: v for k, v in self.config.items() if k not in IGNORED_KEYS}, sort_keys=True
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return rundir.read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def load_run(path: Path, label: str | None = None) -> Run:
+    path = Path(path)
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{path} is not a run directory (no config.yaml)")
+    config = _flatten(yaml.safe_load(config_path.read_text()) or {})
+    hessian = _read_json(path / "analysis" / "hessian.json") or None
+    return Run(
+        path,
+        config,
+        _read_json(path / "summary.json"),
+        rundir.read_metrics(path),
+        _jsonl(path / "evals.jsonl"),
+        _read_json(path / "env.json"),
+        _read_json(path / "data.json"),
+        hessian,
+        label,
+    )
+
+
+def find_runs(dirs: list[str | Path]) -> list[Run]:
+    """Runs from run directories, sweep folders (``sweep.json``: its order and labels) or any
+    folder holding run directories below it."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise UserError(f"{d}: no such directory")
+        if (d / "config.yaml").is_file():
+            found = [(d, None)]
+        elif (d / "sweep.json").is_file():
+            manifest = _read_json(d / "sweep.json")
+            found = [(d / r["dir"], r.get("label")) for r in manifest.get("runs", [])]
+            found = [(p, lab) for p, lab in found if (p / "config.yaml").is_file()]
+        else:
+            found = [(p.parent, None) for p in sorted(d.rglob("config.yaml"))]
+        for p, label in found:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                runs.append(load_run(p, label))
+    if not runs:
+        raise UserError(f"no run directories (with config.yaml) in {', '.join(map(str, dirs))}")
+    return runs
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed" and r.metrics]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group by setting, in the order settings first appear; label by the keys that differ."""
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.setting_key(), []).append(run)
+    configs = [json.loads(k) for k in by_key]
+    varying = [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    short = {k: k.rsplit(".", 1)[1] for k in varying}
+    if len(set(short.values())) < len(short):
+        short = {k: k for k in varying}
+    derived = [
+        ", ".join(f"{short[k]}={_fmt_value(cfg.get(k))}" for k in varying) or "all"
+        for cfg in configs
+    ]
+    given = [{r.label for r in members} for members in by_key.values()]
+    labels = [g.pop() if len(g) == 1 and None not in g else None for g in given]
+    if None in labels or len(set(labels)) < len(labels):
+        labels = derived  # labels from a sweep's manifest only when one per setting, unique
+    return [
+        Group(label, sorted(members, key=lambda r: r.seed), cfg)
+        for label, cfg, members in zip(labels, configs, by_key.values(), strict=True)
+    ]
+
+
+def _fmt_value(v: Any) -> str:
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    """Sample standard deviation (ddof=1); nan for n = 1."""
+    n: int
+    ci95: float
+    """Half-width of the 95% t-interval of the mean; nan for n = 1."""
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "–"
+        if self.n == 1:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def stat(values: list[float]) -> Stat:
+    n = len(values)
+    if n == 0:
+        return Stat(math.nan, math.nan, 0, math.nan)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Stat(mean, math.nan, 1, math.nan)
+    std = statistics.stdev(values)
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return Stat(mean, std, n, t * std / math.sqrt(n))
+
+
+def run_values(run: Run) -> dict[str, float]:
+    """The per-run numbers the table averages (accuracies in percent)."""
+    final = run.metrics[-1]
+    return {
+        "final_val_acc": 100 * final["val_acc"],
+        "best_val_acc": 100 * max(r["val_acc"] for r in run.metrics),
+        "train_acc": 100 * final["train_acc"],
+        "gap": 100 * final["gap"],
+        "updates": final["step"],
+        "wall_s": run.summary.get("wall_time_s", math.nan),
+    }
+
+
+def setting_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        values = [run_values(r) for r in g.completed]
+        row: dict[str, Any] = {
+            "setting": g.label,
+            "batch": g.config.get("train.global_batch_size"),
+            "lr": g.runs[0].lr,
+            "epochs": g.config.get("train.epochs"),
+            "seeds": [r.seed for r in g.completed],
+            "not_completed": {r.path.name: r.status for r in g.runs if r not in g.completed},
+        }
+        for key in ("final_val_acc", "best_val_acc", "train_acc", "gap", "updates", "wall_s"):
+            s = stat([v[key] for v in values])
+            row[key] = {"mean": s.mean, "std": s.std, "n": s.n, "ci95": s.ci95}
+        rows.append(row)
+    return rows
+
+
+def evaluations(run: Run) -> list[tuple[int, float]]:
+    """``(step, val_acc)`` of every evaluation: ``evals.jsonl`` and the per-epoch rows, by step."""
+    points = {r["step"]: r["val_acc"] for r in run.metrics if "step" in r}
+    points.update({r["step"]: r["val_acc"] for r in run.evals if "step" in r})
+    return sorted(points.items())
+
+
+def steps_to_target(points: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated step whose validation accuracy (a fraction) reaches ``target``."""
+    for step, acc in points:
+        if acc >= target:
+            return step
+    return None
+
+
+def default_target(groups: list[Group]) -> float:
+    """The best accuracy every completed run reaches (floored to 0.1 point): a fraction."""
+    bests = [max(a for _, a in evaluations(r)) for g in groups for r in g.completed]
+    return math.floor(1000 * min(bests)) / 1000 if bests else math.nan
+
+
+def steps_rows(groups: list[Group], target: float) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        steps = [steps_to_target(evaluations(r), target) for r in g.completed]
+        reached = [s for s in steps if s is not None]
+        s = stat([float(x) for x in reached])
+        rows.append(
+            {
+                "setting": g.label,
+                "batch": g.config.get("train.global_batch_size"),
+                "steps": {"mean": s.mean, "std": s.std, "n": s.n, "ci95": s.ci95},
+                "runs": len(steps),
+                "per_run": steps,
+                "resolution": "evals.jsonl" if any(r.evals for r in g.completed) else "epochs",
+            }
+        )
+    return rows
+
+
+def hessian_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        tops = [r.hessian["values"]["eigenvalues"][0] for r in g.completed if r.hessian]
+        if tops:
+            s = stat(tops)
+            b = g.config["train.global_batch_size"]
+            rows.append(
+                {
+                    "setting": g.label,
+                    "batch": b,
+                    "lr_over_b": g.runs[0].lr / b,
+                    "top_eigenvalue": {"mean": s.mean, "std": s.std, "n": s.n, "ci95": s.ci95},
+                    "per_run": tops,
+                }
+            )
+    return rows
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan  # a constant has no ranks to correlate (lr/B is one under linear scaling)
+    return statistics.correlation(ranks(x), ranks(y))

@@ -1,0 +1,229 @@
+"""The figures of ``largebatch report``, drawn from grouped runs and the report's rows.
+
+- ``curves.png``: accuracy against epoch per setting, train dotted and validation solid, the mean
+  over seeds with a band of ± one standard deviation (the paper's Figs. 4 and 7);
+- ``batch.png``: final validation accuracy and gap against the batch size;
+- ``steps_to_target.png``: updates to reach a target accuracy against the batch size, log-log,
+  with the perfect-scaling line (Shallue et al.);
+- ``sharpness.png``: the top Hessian eigenvalue against lr/B (Jastrzebski et al., Fig. 3) and
+  against B (Keskar et al.), where runs hold ``analysis/hessian.json``.
+
+A figure is drawn only when the runs hold what it needs (several batch sizes, Hessian records).
+Matplotlib is imported on use, on the Agg canvas (no display, no pyplot state).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from largebatch.report_data import Group
+
+COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown",
+          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")  # fmt: skip
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _log_axis(ax: Axes, axis: str, values: list[float], base: int = 2) -> None:
+    """A log axis with a tick at each value given and no minor tick labels."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    getattr(ax, f"set_{axis}scale")("log", base=base)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    ticks = sorted(set(values))
+    target.set_major_locator(FixedLocator(ticks))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    target.set_major_formatter(fmt)
+    target.set_minor_locator(NullLocator())
+    target.set_minor_formatter(NullFormatter())
+
+
+def curves_figure(groups: list[Group]) -> Figure | None:
+    """Train (dotted) and validation (solid) accuracy against epoch, mean ± std over seeds."""
+    drawn = [g for g in groups if g.completed]
+    if not drawn:
+        return None
+    fig = _figure(9.5, 4.8)
+    ax = fig.add_axes((0.08, 0.12, 0.58, 0.8))
+    lows = []
+    for i, g in enumerate(drawn):
+        color = COLORS[i % len(COLORS)]
+        n_epochs = min(len(r.metrics) for r in g.completed)
+        epochs = [g.completed[0].metrics[e]["epoch"] for e in range(n_epochs)]
+        for key, style in (("train_acc", ":"), ("val_acc", "-")):
+            per_epoch = [[100 * r.metrics[e][key] for r in g.completed] for e in range(n_epochs)]
+            mean = [statistics.fmean(v) for v in per_epoch]
+            ax.plot(
+                epochs,
+                mean,
+                style,
+                color=color,
+                lw=1.6,
+                label=g.label if key == "val_acc" else None,
+            )
+            if len(g.completed) > 1:
+                std = [statistics.stdev(v) for v in per_epoch]
+                lo = [m - s for m, s in zip(mean, std, strict=True)]
+                hi = [m + s for m, s in zip(mean, std, strict=True)]
+                ax.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
+            lows.append(min(mean[len(mean) // 4 :] or mean))
+    n = sorted({len(g.completed) for g in drawn})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    ax.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax.set_title(f"mean over {seeds} seed(s), band ± 1 std", fontsize=10)
+    # Show every curve after its first quarter; the first epochs may start far below.
+    ax.set_ylim(max(0.0, min(lows) - 5), None)
+    ax.grid(alpha=0.3)
+    ax.plot([], [], ":", color="k", label="train (dotted)")
+    ax.plot([], [], "-", color="k", label="validation (solid)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return fig
+
+
+def _series(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Indices of rows per line: settings equal apart from the batch size share a line."""
+    lines: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        key = {k: v for k, v in g.config.items() if k != "train.global_batch_size"}
+        lines.setdefault(repr(sorted(key.items(), key=lambda kv: kv[0])), []).append(i)
+    return lines
+
+
+def _line_label(groups: list[Group], idx: list[int], all_lines: int) -> str:
+    if all_lines == 1:
+        return "all settings"
+    parts = [p for p in groups[idx[0]].label.split(", ") if "batch_size" not in p]
+    return ", ".join(parts) or groups[idx[0]].label
+
+
+def batch_figure(groups: list[Group], rows: list[dict[str, Any]]) -> Figure | None:
+    batches = [r["batch"] for r in rows if r["final_val_acc"]["n"]]
+    if len(set(batches)) < 2:
+        return None
+    fig = _figure(10, 4.2)
+    lines = _series(groups, rows)
+    for col, (key, ylabel) in enumerate(
+        (("final_val_acc", "final validation accuracy (%)"), ("gap", "gap: train − val (points)"))
+    ):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for j, idx in enumerate(lines.values()):
+            pts = sorted((rows[i]["batch"], rows[i][key]) for i in idx if rows[i][key]["n"])
+            if not pts:
+                continue
+            xs = [b for b, _ in pts]
+            ys = [d["mean"] for _, d in pts]
+            err = [0 if math.isnan(d["std"]) else d["std"] for _, d in pts]
+            label = _line_label(groups, idx, len(lines))
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS[j % 10], label=label)
+        _log_axis(ax, "x", batches)
+        ax.set(xlabel="batch size B (examples per update)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def steps_figure(groups: list[Group], steps: list[dict[str, Any]], target: float) -> Figure | None:
+    reached = [s for s in steps if s["steps"]["n"]]
+    if len({s["batch"] for s in reached}) < 2:
+        return None
+    fig = _figure(6.5, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    lines = _series(groups, steps)
+    ys_all: list[float] = []
+    for j, idx in enumerate(lines.values()):
+        pts = sorted((steps[i]["batch"], steps[i]["steps"]) for i in idx if steps[i]["steps"]["n"])
+        if not pts:
+            continue
+        xs = [b for b, _ in pts]
+        ys = [d["mean"] for _, d in pts]
+        ys_all += ys
+        color = COLORS[j % 10]
+        ax.plot(xs, ys, "o-", color=color, label=_line_label(groups, idx, len(lines)))
+        ideal = [ys[0] * xs[0] / b for b in xs]
+        ys_all += ideal
+        ax.plot(xs, ideal, "--", color=color, alpha=0.5, lw=1,
+                label="perfect scaling (steps ∝ 1/B)" if j == 0 else None)  # fmt: skip
+    _log_axis(ax, "x", [s["batch"] for s in reached])
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_yscale("log")
+    ax.set_ylim(min(ys_all) / 1.5, max(ys_all) * 1.5)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="batch size B (examples per update)", ylabel="updates to reach the target")
+    ax.set_title(f"steps to {100 * target:.1f}% validation accuracy (mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def sharpness_figure(groups: list[Group], hessian: list[dict[str, Any]]) -> Figure | None:
+    if not hessian:
+        return None
+    fig = _figure(10, 4.2)
+    for col, (key, xlabel) in enumerate(
+        (("lr_over_b", "lr / B (learning rate per example)"), ("batch", "batch size B"))
+    ):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for h in hessian:
+            ax.scatter([h[key]] * len(h["per_run"]), h["per_run"], s=14, color="tab:gray")
+        xs = [h[key] for h in hessian]
+        ys = [h["top_eigenvalue"]["mean"] for h in hessian]
+        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3, label="mean over seeds")
+        ax.set_yscale("log")
+        if col == 0:
+            ax.set_xscale("log")
+        else:
+            _log_axis(ax, "x", xs)
+        ax.set(xlabel=xlabel, ylabel="top Hessian eigenvalue")
+        ax.grid(alpha=0.3, which="both")
+    fig.axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("sharpness of the solutions: grey = one run", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_all(
+    groups: list[Group],
+    rows: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    hessian: list[dict[str, Any]],
+    target: float,
+    out: Path,
+) -> list[tuple[str, str]]:
+    """Draw every figure the runs allow into ``out``; return ``(file name, caption)`` pairs."""
+    made = []
+    for name, caption, fig in (
+        ("curves.png", "accuracy per epoch: train dotted, validation solid", curves_figure(groups)),
+        ("batch.png", "validation accuracy and gap against batch size", batch_figure(groups, rows)),
+        (
+            "steps_to_target.png",
+            f"updates to {100 * target:.1f}% validation accuracy against batch size",
+            steps_figure(groups, steps, target) if steps else None,
+        ),
+        (
+            "sharpness.png",
+            "top Hessian eigenvalue against lr/B and B",
+            sharpness_figure(groups, hessian),
+        ),
+    ):
+        if fig is not None:
+            fig.savefig(out / name, dpi=110)
+            made.append((name, caption))
+    return made

@@ -1,0 +1,271 @@
+"""``largebatch sweep``: a grid of settings x seeds, each a normal run directory, resumable.
+
+The spec (a YAML file, see :mod:`largebatch.sweep_spec`) names a base config, a grid and/or
+override sets, and seeds. Each run is trained by ``python -m largebatch train BASE KEY=VALUE ...
+--out SWEEP/runs/<name> --resume`` in a child process, so a crash or a kill of one run leaves the
+others alone. Run again, a sweep skips completed runs and diverged ones (they would diverge
+again), resumes stopped, killed (``running``) and failed ones from their checkpoints, and starts
+the rest. ``SWEEP/sweep.json`` (the manifest) records every run's overrides, status and time;
+``SWEEP/logs/<name>.log`` its output. On a CPU, ``workers`` processes share the cores (each gets
+``train.threads = cores // workers``); on a GPU the default is one run at a time, since small
+models in several processes on one GPU run far slower than one after another.
+
+    largebatch sweep configs/sweeps/demo.yaml --quick --workers 2
+    largebatch report runs/sweeps/demo-quick
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from largebatch import rundir
+from largebatch.errors import UserError
+from largebatch.sweep_spec import MANIFEST, PlannedRun, SweepSpec, load_spec
+
+__all__ = ["MANIFEST", "PlannedRun", "SweepSpec", "cmd_sweep", "load_spec", "run_sweep"]
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return rundir.read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+
+
+def _action(run_dir: Path, epochs: int | None) -> str:
+    """``skip`` (completed or diverged), ``resume`` or ``start`` for one run directory."""
+    summary = _read_summary(run_dir)
+    if summary is None:
+        return "resume" if (run_dir / "config.yaml").exists() else "start"
+    status = summary.get("status")
+    if status == "diverged":
+        return "skip"
+    if status == "completed":
+        try:
+            stored = rundir.read_config(run_dir).train.epochs
+        except (UserError, OSError):
+            stored = epochs
+        return "skip" if epochs is None or stored == epochs else "resume"  # epochs changed
+    return "resume"  # running (killed), stopped, failed
+
+
+def _epochs(spec: SweepSpec, run: PlannedRun) -> int:
+    from largebatch.config import load_config
+
+    return load_config(spec.base, list(run.overrides)).train.epochs
+
+
+def _device_is_cuda(spec: SweepSpec) -> bool:
+    from largebatch.config import load_config
+
+    device = load_config(spec.base, list(spec.runs[0].overrides)).train.device
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _train(
+    spec: SweepSpec, run: PlannedRun, run_dir: Path, log: Path, threads: int | None
+) -> dict[str, Any]:
+    """Train (or resume) one run in a child process; return its manifest record."""
+    overrides = list(run.overrides) + ([f"train.threads={threads}"] if threads else [])
+    cmd = [sys.executable, "-m", "largebatch", "train", str(spec.base), *overrides]
+    cmd += ["--out", str(run_dir), "--resume"]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
+    summary = _read_summary(run_dir) or {}
+    status = summary.get("status", "failed")
+    message = summary.get("message", "")
+    if proc.returncode != 0 and status in ("completed", "running"):
+        status = "failed"  # a crash after the last summary was written
+    if proc.returncode != 0 and not message:
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        message = lines[-1] if lines else f"exit code {proc.returncode}"
+    return {
+        "status": status,
+        "returncode": proc.returncode,
+        "message": message,
+        "wall_s": round(time.time() - started, 2),
+    }
+
+
+def _analyze(run_dir: Path, words: list[str], log: Path) -> bool:
+    cmd = [sys.executable, "-m", "largebatch", "analyze", words[0], str(run_dir), *words[1:]]
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode == 0
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _describe(record: dict[str, Any], run_dir: Path) -> str:
+    if record["status"] != "completed":
+        return f"{record['status']}: {record.get('message', '')}"
+    final = (_read_summary(run_dir) or {}).get("final") or {}
+    if not final:
+        return "completed"
+    return f"val {100 * final['val_acc']:.2f}%  train {100 * final['train_acc']:.2f}%"
+
+
+def run_sweep(
+    spec: SweepSpec, out: Path | None = None, workers: int | None = None, quiet: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Train every run of ``spec`` not yet finished; return the sweep folder and its manifest.
+
+    ``workers`` processes at once (default 1); on a CPU each gets ``cores // workers`` threads.
+    """
+    out = (
+        Path(out)
+        if out
+        else Path("runs") / "sweeps" / (spec.name + ("-quick" if spec.quick else ""))
+    )
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    cuda = _device_is_cuda(spec)
+    workers = workers or 1
+    threads = None if cuda or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    old = {}
+    if manifest_path.is_file():
+        try:
+            old = {r["name"]: r for r in rundir.read_json(manifest_path).get("runs", [])}
+        except (ValueError, KeyError, TypeError):
+            old = {}
+    records: dict[str, dict[str, Any]] = {}
+    for run in spec.runs:
+        records[run.name] = {
+            "name": run.name,
+            "setting": run.setting,
+            "label": run.label,
+            "seed": run.seed,
+            "dir": f"runs/{run.name}",
+            "overrides": list(run.overrides),
+            "status": "pending",
+            "analyses": old.get(run.name, {}).get("analyses", {}),
+        }
+    manifest = {
+        "name": spec.name,
+        "spec": str(spec.path),
+        "base": str(spec.base),
+        "quick": spec.quick,
+        "workers": workers,
+        "threads_per_run": threads,
+        "device": "cuda" if cuda else "cpu",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": list(records.values()),
+    }
+
+    def save() -> None:
+        manifest["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        rundir.write_json(manifest_path, manifest)
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    todo = []
+    for run in spec.runs:
+        run_dir = out / "runs" / run.name
+        action = _action(run_dir, _epochs(spec, run))
+        if action == "skip":
+            summary = _read_summary(run_dir) or {}
+            records[run.name].update(
+                status=summary.get("status"), message=summary.get("message", "")
+            )
+        else:
+            todo.append((run, action))
+    total, done = len(spec.runs), len(spec.runs) - len(todo)
+    say(
+        f"sweep {spec.name}: {total} runs in {out}; {done} already finished, {len(todo)} to run"
+        f" ({workers} at a time{f', {threads} threads each' if threads else ''})"
+    )
+    save()
+    started, times = time.time(), []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {}
+        for run, action in todo:
+            records[run.name]["status"] = "running"
+            records[run.name]["action"] = action
+            run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
+            futures[pool.submit(_train, spec, run, run_dir, log, threads)] = run
+        for future in as_completed(futures):
+            run = futures[future]
+            record = future.result()
+            records[run.name].update(record)
+            done += 1
+            times.append(record["wall_s"])
+            left = total - done
+            eta = sum(times) / len(times) * left / workers if left else 0.0
+            note = " (resumed)" if records[run.name].get("action") == "resume" else ""
+            say(
+                f"[{done}/{total}] {run.name}: {_describe(record, out / 'runs' / run.name)}"
+                f"  {_fmt_s(record['wall_s'])}{note}  ETA {_fmt_s(eta)}"
+            )
+            save()
+    for words in spec.analyze:
+        key = shlex.join(words)
+        for run in spec.runs:
+            rec = records[run.name]
+            if rec["status"] != "completed" or rec["analyses"].get(key) == "done":
+                continue
+            ok = _analyze(out / "runs" / run.name, words, out / "logs" / f"{run.name}.log")
+            rec["analyses"][key] = "done" if ok else "failed"
+            say(f"analyze {key} {run.name}: {rec['analyses'][key]}")
+            save()
+    manifest["wall_s"] = round(time.time() - started, 2)
+    save()
+    return out, manifest
+
+
+def sweep_failures(manifest: dict[str, Any]) -> list[str]:
+    """Names of the runs (and analyses) that did not complete."""
+    bad = [r["name"] for r in manifest["runs"] if r["status"] != "completed"]
+    bad += [
+        f"{r['name']} ({k})"
+        for r in manifest["runs"]
+        for k, v in r["analyses"].items()
+        if v != "done"
+    ]
+    return bad
+
+
+def cmd_sweep(args: Any) -> int:
+    spec = load_spec(args.spec, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
+    out, manifest = run_sweep(spec, Path(args.out) if args.out else None, workers=args.workers)
+    counts: dict[str, int] = {}
+    for r in manifest["runs"]:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(
+        f"sweep {spec.name}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"; manifest {out / MANIFEST}"
+    )
+    print(f"report: largebatch report {out}")
+    bad = sweep_failures(manifest)
+    if bad:
+        print(f"{len(bad)} not completed: {', '.join(bad)}; see {out / 'logs'}", file=sys.stderr)
+        return 1
+    return 0
