@@ -1,56 +1,44 @@
 """How the demo's noise level was chosen: validation accuracy against noise alpha at B_L.
 
-Runs the demo's exact setting (MNIST-1D, 1-D CNN + BatchNorm, 30 epochs, linear scaling) at the
-large batch for several alpha, and the small batch without noise, a few seeds each; writes the
-table to RESULTS.md. About 3 minutes on a 2-core CPU.
+Runs the sweep preset ``configs/sweeps/demo_noise.yaml`` (the demo's exact setting at the large
+batch for several alpha, and the small batch without noise) through ``largebatch sweep``, reads
+the runs back with ``largebatch report``'s grouping, and writes the table to RESULTS.md. About 3
+minutes on a 2-core CPU per seed.
 
-    python benchmarks/demo_noise_sweep.py [--seeds 3]
+    python benchmarks/demo_noise_sweep.py [--seeds 3] [--out runs/sweeps/demo_noise]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 from pathlib import Path
 
-import torch
 from common import machine, write_section
 
-from largebatch.demo import LARGE_BATCH, SETTINGS, SMALL_BATCH, Setting, plan_for, run_config
-from largebatch.engine import train
+from largebatch.report import write_report
+from largebatch.sweep import load_spec, run_sweep
 
-ALPHAS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+SPEC = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo_noise.yaml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="runs/sweeps/demo_noise")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    plan = plan_for(quick=False, seeds=args.seeds)
-    rows = []
-    settings = [SETTINGS[0]] + [
-        Setting(f"a{a}", f"B={LARGE_BATCH}, alpha={a:g}", LARGE_BATCH, a, "") for a in ALPHAS
+    spec = load_spec(SPEC, seeds=args.seeds)
+    out, _ = run_sweep(spec, Path(args.out))
+    rows = write_report([out], out / "report")["rows"]
+    lines = [
+        f"| {r['setting']} | {r['final_val_acc']['mean']:.2f} ± {r['final_val_acc']['std']:.2f} "
+        f"| {r['train_acc']['mean']:.2f} | {r['final_val_acc']['n']} |"
+        for r in rows
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in settings:
-            val, tr = [], []
-            for seed in range(args.seeds):
-                result = train(run_config(plan, s, seed), Path(tmp) / s.key / str(seed))
-                f = result.summary["final"]
-                val.append(100 * f["val_acc"])
-                tr.append(100 * f["train_acc"])
-            rows.append(
-                f"| {s.label} | {statistics.fmean(val):.2f} ± {statistics.stdev(val):.2f} | "
-                f"{statistics.fmean(tr):.2f} |"
-            )
-            print(rows[-1], flush=True)
     body = (
         f"Machine: {machine(1)}\n\n"
-        f"Demo setting (MNIST-1D 4000/1000, cnn1d + BatchNorm, {plan.epochs} epochs, lr 0.01 at "
-        f"B={SMALL_BATCH}, linear scaling), {args.seeds} seeds, mean ± std.\n\n"
-        "| setting | val acc (%) | train acc (%) |\n|---|---|---|\n" + "\n".join(rows)
+        "Demo setting (MNIST-1D 4000/1000, cnn1d + BatchNorm, 30 epochs, lr 0.01 at B=32, linear "
+        f"scaling; `configs/sweeps/demo_noise.yaml`), {args.seeds} seeds, mean ± std.\n\n"
+        "| setting | val acc (%) | train acc (%) | n |\n|---|---|---|---|\n" + "\n".join(lines)
     )
     write_section("Demo noise sweep (issue 3)", body)
 
