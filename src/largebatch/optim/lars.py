@@ -161,10 +161,10 @@ class LARS(torch.optim.Optimizer):
             nesterov=nesterov,
             trust_ratio=True,
         )
-        items = list(params)
+        items: list[Any] = list(params)
         if items and not isinstance(items[0], dict) and exclude is not None:
-            kept = [p for p in items if not exclude(p)]  # type: ignore[arg-type]
-            left = [p for p in items if exclude(p)]  # type: ignore[arg-type]
+            kept = [p for p in items if not exclude(p)]
+            left = [p for p in items if exclude(p)]
             items = [{"params": kept}] if kept else []
             if left:
                 items.append({"params": left, "weight_decay": 0.0, "trust_ratio": False})
@@ -196,7 +196,7 @@ class LARS(torch.optim.Optimizer):
         return torch.where(unit, torch.ones_like(ratio), ratio), unit
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter with a gradient; returns the closure's loss, if any."""
         loss = None
         if closure is not None:
@@ -206,11 +206,13 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads: list[torch.Tensor] = [p.grad for p in params]
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
             # d = g + wd w, in new tensors (p.grad is left as it was, like torch.optim.SGD)
-            updates = (
-                torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+            updates: list[torch.Tensor] = (
+                list(torch._foreach_add(grads, params, alpha=wd))
+                if wd
+                else [g.clone() for g in grads]
             )
             if group["trust_ratio"]:
                 ratio, unit = self._ratios(group, params, grads, updates)
