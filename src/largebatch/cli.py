@@ -32,8 +32,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from largebatch.config import load_config
     from largebatch.distributed import shutdown_distributed
     from largebatch.engine import train
+    from largebatch.presets import resolve_preset
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(str(resolve_preset(args.config)), args.overrides)
     out = Path(args.out) if args.out else _default_out(args.config)
     try:
         result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
@@ -67,11 +68,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("models (model.name):")
     for info in MODELS.values():
         print(f"  {info.name:<16} {info.description}")
-    presets = Path("configs")
-    if presets.is_dir():
-        print("presets (configs/):")
-        for p in sorted(presets.glob("*.yaml")):
-            print(f"  {p}")
+    from largebatch.presets import list_presets, presets_root
+
+    presets = list_presets()
+    if presets:
+        print(f"presets (largebatch train NAME; files in {presets_root()}):")
+        for name in presets:
+            print(f"  {name}")
     return 0
 
 
@@ -109,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="largebatch",
         description="Large mini-batch training: close the generalization gap, diagnose minima.",
     )
+    from largebatch import __version__
+
+    parser.add_argument("--version", action="version", version=f"largebatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train from a config file into a run directory")
-    p.add_argument("config", help="YAML config (presets in configs/)")
+    p.add_argument("config", help="YAML config file, or a preset name (see: largebatch list)")
     p.add_argument(
         "overrides",
         nargs="*",
