@@ -353,16 +353,6 @@ def test_per_microbatch_transforms_are_refused():
         Weights(model.parameters()).attach(opt)
 
 
-@pytest.mark.skipif(
-    not issubclass(GradientNoise, GradientTransform),
-    reason="GradientNoise is not a GradientTransform yet",
-)
-@pytest.mark.xfail(
-    "attach" in vars(GradientNoise),
-    reason="GradientNoise still overrides attach with the old step pre-hook (noise on stale "
-    "gradients under a closure); delete it so GradientTransform.attach is used",
-    strict=True,
-)
 def test_gradient_noise_attach_with_a_closure_adds_exactly_its_noise():
     model, x, y = make()
     opt = torch.optim.SGD(model.parameters(), lr=LR)

@@ -14,8 +14,8 @@ The pieces a user adds to their own loop, each a few lines (every block below ru
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     >>> handle = noise.attach(opt)
     >>> model(torch.randn(32, 8)).pow(2).mean().backward(); opt.step()
-    >>> noise.t
-    1
+    >>> noise.t, "largebatch" in opt.state_dict()
+    (1, True)
     >>> handle.remove()
 
 **LR scaling rules**: ``linear``: ``lr = base_lr * B / B_base`` (Goyal et al.); ``sqrt``:
