@@ -7,6 +7,7 @@ from torch import nn
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import load_config
 from largebatch.engine import train
+from largebatch.gradient.base import UpdateInfo
 from largebatch.optim import build_optimizer, build_schedule
 
 
@@ -22,11 +23,11 @@ def test_lars_update_matches_you_et_al_formula():
             "optim.trust_coefficient=0.02",
         ],
     )
-    setup = build_optimizer(model, cfg.optim, cfg.noise, lr=0.5)
+    setup = build_optimizer(model, cfg, lr=0.5)
     w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
     model(torch.randn(8, 5)).pow(2).mean().backward()
     g_w, g_b = model.weight.grad.clone(), model.bias.grad.clone()
-    setup.pipeline.before_step()
+    setup.chain.before_step(UpdateInfo(step=0, lr=0.5))
     setup.optimizer.step()
     ratio = 0.02 * w0.norm() / (g_w.norm() + 0.01 * w0.norm())
     torch.testing.assert_close(model.weight.detach(), w0 - 0.5 * ratio * (g_w + 0.01 * w0))
@@ -37,7 +38,7 @@ def test_lars_update_matches_you_et_al_formula():
 def test_weight_decay_can_skip_bias_and_norm():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     cfg = load_config(None, ["optim.weight_decay=0.1", "optim.decay_bias_and_norm=false"])
-    groups = build_optimizer(model, cfg.optim, cfg.noise, lr=0.1).optimizer.param_groups
+    groups = build_optimizer(model, cfg, lr=0.1).optimizer.param_groups
     decay = {g["name"]: (g["weight_decay"], len(g["params"])) for g in groups}
     assert decay == {"weights": (0.1, 1), "bias_and_norm": (0.0, 3)}
 

@@ -103,10 +103,6 @@ def test_cli_unknown_model_name_exits_2(tmp_path, capsys):
     assert "error: model.name: 'nope' is not one of: cnn1d" in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine must call check_dataset_name/check_model_name before prepare_run_dir",
-)
 def test_cli_unknown_model_name_makes_no_run_dir(tmp_path):
     argv = ["train", "configs/mnist1d_mlp.yaml", "model.name=nope", "data.num_samples=200"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2

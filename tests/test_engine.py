@@ -9,7 +9,8 @@ import torch
 from largebatch.checkpoint import CheckpointError, load_checkpoint
 from largebatch.cli import main
 from largebatch.config import load_config
-from largebatch.engine import epoch_order, global_batches, local_slice, plan_batches, train
+from largebatch.data.sampling import epoch_order, global_batches, local_slice, plan_batches
+from largebatch.engine import train
 from largebatch.errors import UserError
 from largebatch.rundir import read_metrics
 

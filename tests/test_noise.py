@@ -10,7 +10,7 @@ from largebatch import GradientNoise, noise_variance
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import load_config
 from largebatch.engine import train
-from largebatch.gradient.pipeline import GradientPipeline
+from largebatch.gradient.base import TransformChain, UpdateInfo
 
 
 def zero_grad_model(sizes=((400, 250), (250,), (100, 50))) -> list[nn.Parameter]:
@@ -141,12 +141,12 @@ def test_update_placement_bypasses_momentum():
     """placement=update: w -= lr * sigma * n after the step; momentum never sees the noise."""
     w = nn.Parameter(torch.zeros(1000))
     opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
-    noise = GradientNoise([w], alpha=1.0, gamma=0.0, seed=0)
-    pipe = GradientPipeline([w], noise=noise, noise_placement="update")
+    noise = GradientNoise([w], alpha=1.0, gamma=0.0, seed=0, placement="update")
+    chain = TransformChain([noise])
     w.grad = torch.zeros_like(w)
-    pipe.before_step()
+    chain.before_step(UpdateInfo(step=0, lr=0.5))
     opt.step()
-    pipe.after_step(0.5)
+    chain.after_step(UpdateInfo(step=0, lr=0.5))
     first = w.detach().clone()
     ref = torch.Generator().manual_seed(0)
     n0 = torch.randn(1000, generator=ref)

@@ -166,8 +166,19 @@ class OptimConfig:
 
 @dataclass
 class NoiseConfig:
+    kind: str = "isotropic"
+    """``isotropic`` (the paper: ``N(0, sigma_t^2 I)``, on when ``alpha > 0``), or noise shaped
+    like SGD's own, covariance ``c * Sigma`` with ``c`` from ``match`` and ``scale``:
+    ``microbatch`` (the span of the micro-batch deviations), ``diagonal`` (``N(0, c diag Sigma)``,
+    a running estimate), ``multiplicative`` (per-example loss weights ``w_i ~ N(1, s^2)``)."""
+    match: str = "epoch"
+    """Shaped kinds: ``epoch`` (the per-epoch noise of the reference run ``(optim.lr,
+    optim.base_batch_size)`` at this run's learning rate: zero under linear scaling) or
+    ``step`` (each update as noisy as a reference update: ``c = 1/B_S - 1/B_L``)."""
+    scale: float = 1.0
+    """Shaped kinds: multiplies ``c`` (0 = off)."""
     alpha: float = 0.0
-    """Variance of the gradient noise at t = 0 (0 = off). The paper uses 1e-5."""
+    """Isotropic kind: variance of the gradient noise at t = 0 (0 = off). The paper uses 1e-5."""
     gamma: float = 0.55
     """Decay exponent: sigma_t^2 = alpha / (1 + t)^gamma."""
     seed: int = 0
@@ -365,6 +376,8 @@ OPTIMIZERS = ("sgd", "lars")
 AMP_MODES = ("none", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 NOISE_PLACEMENTS = ("gradient", "update")
+NOISE_KINDS = ("isotropic", "microbatch", "diagonal", "multiplicative")
+NOISE_MATCHES = ("epoch", "step")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:(0|[1-9][0-9]*))?")
 """The device forms a config accepts; whether the device exists is checked when a run starts."""
 
@@ -454,6 +467,16 @@ def validate(cfg: Config) -> None:
     _positive("noise.alpha", n.alpha, allow_zero=True)
     _positive("noise.gamma", n.gamma, allow_zero=True)
     _choice("noise.placement", n.placement, NOISE_PLACEMENTS)
+    _choice("noise.kind", n.kind, NOISE_KINDS)
+    _choice("noise.match", n.match, NOISE_MATCHES)
+    _positive("noise.scale", n.scale, allow_zero=True)
+    if n.kind != "isotropic" and n.alpha > 0:
+        raise ConfigError(
+            f"noise.alpha is the isotropic kind's variance; with noise.kind={n.kind} the size "
+            "comes from noise.match and noise.scale: set noise.alpha=0"
+        )
+    if n.kind != "isotropic" and n.placement != "gradient":
+        raise ConfigError(f"noise.placement=update is for the isotropic kind only, not {n.kind}")
 
 
 def run_epochs(train: TrainConfig, optim: OptimConfig) -> int:

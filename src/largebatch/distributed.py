@@ -33,6 +33,11 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_min(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor
+
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's ``obj`` on every rank (tensors inside travel through the CPU)."""
         if not self.enabled:
@@ -41,12 +46,34 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, obj: object) -> list[object]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     @torch.no_grad()
-    def broadcast_buffers(self, module: torch.nn.Module) -> None:
-        """Give every rank rank 0's buffers (BatchNorm running statistics are per replica)."""
-        if self.enabled:
-            for buf in module.buffers():
-                dist.broadcast(buf, src=0)
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Replace every floating-point buffer (BatchNorm running mean and variance) by its
+        mean over the ranks, so evaluation and checkpoints use statistics of all the data, the
+        same on every rank and independent of which rank saves. Integer buffers
+        (``num_batches_tracked``) are equal on every rank and left as they are."""
+        if not self.enabled:
+            return
+        floats = [b for b in module.buffers() if b.is_floating_point()]
+        if floats:
+            flat = torch.cat([b.reshape(-1) for b in floats])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            torch._foreach_copy_(
+                floats,
+                [
+                    v.view_as(b)
+                    for v, b in zip(flat.split([b.numel() for b in floats]), floats, strict=True)
+                ],
+            )
 
     def barrier(self) -> None:
         if self.enabled:

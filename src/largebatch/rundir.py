@@ -7,6 +7,8 @@ Layout::
       env.json             versions, git commit, device, threads, world size, command line
       data.json            what the dataset builder reported (source, counts, split manifest hash)
       metrics.jsonl        one JSON object per epoch (see ``METRIC_KEYS``)
+      steps.jsonl          every ``train.log_every_steps`` updates: loss, lr, gradient norm, ...
+      evals.jsonl          every ``train.eval_every_steps`` updates (if set): validation metrics
       summary.json         status (running|completed|stopped|diverged|failed), final metrics, time
       checkpoints/last.pt  the latest checkpoint (atomic; see largebatch.checkpoint)
       analysis/            what ``largebatch analyze`` writes
@@ -72,16 +74,21 @@ def read_config(run_dir: Path) -> Config:
         return config_from_dict(yaml.safe_load(f))
 
 
-def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
+METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"
+EVALS = "evals.jsonl"
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and make it durable (a kill never leaves a half-written earlier line)."""
+    with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
         return []
     rows = []
     with open(path) as f:
@@ -95,11 +102,26 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """Keep the rows whose ``key`` is ``<= last`` (those a checkpoint covers)."""
+    if not Path(path).is_file():
+        return
+    rows = [r for r in read_jsonl(path) if r.get(key, 0) <= last]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write_bytes(Path(path), lambda f: f.write(data))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    append_jsonl(Path(run_dir) / METRICS, row)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / METRICS)
+
+
 def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     """Keep the metrics of epochs ``<= epochs_done`` (those the checkpoint covers)."""
-    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epochs_done]
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    atomic_write_bytes(Path(run_dir) / "metrics.jsonl", lambda f: f.write(data))
+    truncate_jsonl(Path(run_dir) / METRICS, "epoch", epochs_done)
 
 
 def git_commit() -> dict[str, Any]:

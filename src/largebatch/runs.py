@@ -12,9 +12,9 @@ from torch import nn
 from largebatch import rundir
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import Config
-from largebatch.data import DatasetBundle
-from largebatch.engine import build_for_inference
+from largebatch.data import DatasetBundle, build_dataset
 from largebatch.errors import UserError
+from largebatch.models.assembly import assemble_model
 
 
 @dataclass
@@ -42,7 +42,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         )
     checkpoint = load_checkpoint(ckpt_path)
     device = torch.device(device)
-    model, data = build_for_inference(cfg, device)
+    data = build_dataset(cfg.data, device)
+    model = assemble_model(cfg, data.input_shape, data.num_classes, device)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:

@@ -22,17 +22,19 @@ import torch.distributed as dist
 from ddp_helpers import BATCHNORM, NOISY, ONE_STEP, TINY, UNEVEN
 
 import largebatch.engine as engine
+import largebatch.engine.loop as loop
+import largebatch.engine.setup as setup
 from largebatch.config import load_config
 from largebatch.errors import UserError
 
 _built: list[torch.nn.Module] = []
 _seen: list[torch.Tensor] | None = None
-_build_model = engine.build_model
-_local_slice = engine.local_slice
+_assemble_model = setup.assemble_model
+_local_slice = loop.local_slice
 
 
-def _recording_build_model(*args, **kwargs):
-    model = _build_model(*args, **kwargs)
+def _recording_assemble_model(*args, **kwargs):
+    model = _assemble_model(*args, **kwargs)
     _built.append(model)
     return model
 
@@ -44,8 +46,8 @@ def _recording_local_slice(batch, rank, world_size):
     return shard
 
 
-engine.build_model = _recording_build_model
-engine.local_slice = _recording_local_slice
+setup.assemble_model = _recording_assemble_model
+loop.local_slice = _recording_local_slice
 
 
 def run(out: Path, name: str, overrides: list[str], **kwargs) -> engine.RunResult:

@@ -17,10 +17,11 @@ from ddp_helpers import TINY
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import largebatch.engine as engine
+import largebatch.engine.loop as loop
 from largebatch.config import load_config
 
 MESSAGE = "injected failure on rank 1 after epoch 1"
-_evaluate = engine.evaluate
+_evaluate = loop.evaluate
 _calls = 0
 
 
@@ -35,7 +36,7 @@ def _failing_evaluate(*args, **kwargs):
 
 @record
 def main() -> None:
-    engine.evaluate = _failing_evaluate
+    loop.evaluate = _failing_evaluate
     engine.train(load_config(None, TINY), Path(sys.argv[1]) / "run")
 
 

@@ -17,7 +17,8 @@ import torch
 
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import load_config
-from largebatch.engine import epoch_order, global_batches, train
+from largebatch.data.sampling import epoch_order, global_batches
+from largebatch.engine import train
 from largebatch.gradient.noise import noise_variance
 from largebatch.rundir import read_json, read_metrics
 

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from largebatch.gradient.base import GradientTransform, UpdateInfo
+
 
 def noise_variance(alpha: float, gamma: float, t: int) -> float:
     """``sigma_t^2 = alpha / (1 + t)^gamma`` for update ``t`` (first update: ``t = 0``)."""
@@ -55,8 +57,12 @@ def is_bias_or_norm(p: nn.Parameter) -> bool:
     return p.ndim <= 1
 
 
-class GradientNoise:
+class GradientNoise(GradientTransform):
     """Adds ``N(0, alpha / (1 + t)^gamma)`` to every selected gradient, once per update.
+
+    As a transform of the engine's chain (:mod:`largebatch.gradient.base`) it has stage
+    ``gradient`` (the paper) or ``update`` (``placement="update"``: ``w -= lr sigma_t n_t`` right
+    after ``optimizer.step()``, so momentum never accumulates the noise).
 
     Args:
         params: the parameters whose gradients get noise (e.g. ``model.parameters()``).
@@ -65,7 +71,11 @@ class GradientNoise:
         gamma: decay exponent of the variance.
         seed: seed of the transform's own generator; use the same on every rank.
         include_bias_and_norm: False leaves out parameters with ``ndim <= 1``.
+        placement: ``gradient`` (added to the gradient before ``step``) or ``update`` (added to
+            the weights after ``step``, times ``-lr``).
     """
+
+    name = "noise"
 
     def __init__(
         self,
@@ -74,10 +84,14 @@ class GradientNoise:
         gamma: float = 0.55,
         seed: int = 0,
         include_bias_and_norm: bool = True,
+        placement: str = "gradient",
     ) -> None:
-        if alpha < 0:
+        if not alpha >= 0:  # also refuses nan
             raise ValueError(f"alpha is a variance and must be >= 0, got {alpha}")
-        if gamma < 0:
+        if placement not in ("gradient", "update"):
+            raise ValueError(f"placement '{placement}' is not one of: gradient, update")
+        self.stage = placement
+        if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         params = [p for p in params if p.requires_grad]
         if not include_bias_and_norm:
@@ -139,14 +153,13 @@ class GradientNoise:
                     torch._foreach_add_(list(xs), list(vs), alpha=scale * std)
         self.t += 1
 
+    def apply_(self, tensors: list[torch.Tensor | None], info: UpdateInfo) -> None:
+        """The chain's entry: gradients (stage ``gradient``) or weights times ``-lr``."""
+        self.add_to(tensors, scale=-info.lr if self.stage == "update" else 1.0)
+
     def __call__(self) -> None:
         """Add noise to the parameters' ``.grad`` (call between ``backward()`` and ``step()``)."""
         self.add_to([p.grad for p in self.params])
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Run this transform as a step pre-hook of ``optimizer``; returns the hook's handle
-        (``handle.remove()`` detaches it)."""
-        return optimizer.register_step_pre_hook(lambda opt, args, kwargs: self())
 
     def state_dict(self) -> dict[str, Any]:
         return {

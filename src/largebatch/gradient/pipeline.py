@@ -1,76 +1,159 @@
 """The order of everything that happens to a gradient between backward and the weights.
 
-This is the one place where the order is written down; order is semantics. For one update:
+Order is semantics, so it is code: :data:`TRANSFORM_ORDER` is the list the chain is built in, and
+a test checks that this docstring and the README list the same order. For one update:
 
-1. backward over the micro-batches, each loss scaled so that the sum is the mean over the global
-   batch (engine); under DDP the all-reduce runs on the last micro-batch only (``no_sync``), so
-   the gradient here is the global average.
-2. AMP: bf16 autocast needs no loss scaling, so there is nothing to unscale. (A float16 path
-   would unscale here, before any transform reads the gradient.)
-3. clip the global gradient norm to ``optim.grad_clip_norm`` (if set). Clipping comes before the
-   noise so the injected variance is exactly the configured one.
-4. gradient noise, ``noise.placement = gradient`` (the paper): ``g += N(0, sigma_t^2)``.
-5. LARS trust ratio (``optim.name = lars``) on weight tensors: adds weight decay and rescales
-   (see :mod:`largebatch.gradient.trust_ratio`).
-6. ``optimizer.step()``: coupled weight decay ``g += wd w`` (SGD groups), momentum, LR.
-   Coupled weight decay is additive, so step 4 before or after it gives the same update.
-7. gradient noise, ``noise.placement = update``: ``w -= lr * sigma_t n_t`` after the step, so the
-   noise enters the weights with the LR but momentum never accumulates it.
+1. ``backward`` over the micro-batches (:mod:`largebatch.engine.update`), each micro-batch loss
+   scaled so that the sum is the mean over the global batch; under DDP the all-reduce runs on the
+   last micro-batch only (``no_sync``), so the gradient the chain sees is the global average.
+2. AMP: bf16 autocast needs no loss scaling, so there is nothing to unscale. (A float16 path would
+   unscale here, before any transform reads the gradient.)
+3. ``clip``: clip the global gradient norm to ``optim.grad_clip_norm`` (if set). Clipping comes
+   before the noise so that the injected variance is exactly the configured one.
+4. ``noise``: gradient noise at ``noise.placement = gradient`` (the paper):
+   ``g += N(0, sigma_t^2 I)``; or the shaped kinds (``noise.kind``), covariance ``c * Sigma``:
+   ``microbatch_noise`` / ``diagonal_noise`` (they also watch each micro-batch's backward), and
+   ``multiplicative_noise``, which acts earlier, as per-example loss weights in step 1.
+5. ``trust_ratio``: LARS's layer-wise trust ratio (``optim.name = lars``) on weight tensors; it
+   adds their weight decay and rescales (see :mod:`largebatch.gradient.trust_ratio`).
+6. ``optimizer.step()``: coupled weight decay ``g += wd w`` (SGD groups), momentum, LR. Coupled
+   weight decay is additive, so noise before or after it gives the same update.
+7. ``noise`` at ``noise.placement = update``: ``w -= lr sigma_t n_t`` after the step, so the noise
+   enters the weights with the LR but momentum never accumulates it.
+
+Example::
+
+    >>> import torch
+    >>> from largebatch.config import Config
+    >>> cfg = Config()
+    >>> cfg.optim.grad_clip_norm, cfg.noise.alpha = 1.0, 1e-5
+    >>> model = torch.nn.Linear(3, 2)
+    >>> build_chain(list(model.parameters()), cfg).order
+    ['clip', 'noise']
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from largebatch.gradient.clip import clip_global_norm_
-from largebatch.gradient.noise import GradientNoise
-from largebatch.gradient.trust_ratio import apply_trust_ratio_
+from largebatch.config import Config
+from largebatch.errors import UserError
+from largebatch.gradient.base import GradientTransform, TransformChain
+from largebatch.gradient.calibration import NoiseCalibration
+from largebatch.gradient.clip import ClipGlobalNorm
+from largebatch.gradient.diagonal_noise import DiagonalNoise
+from largebatch.gradient.microbatch_noise import MicrobatchNoise
+from largebatch.gradient.multiplicative_noise import MultiplicativeNoise
+from largebatch.gradient.noise import GradientNoise, is_bias_or_norm
+from largebatch.gradient.trust_ratio import TrustRatio
+
+# The names of the chain's transforms in the order they act (steps 3, 4, 5, 7 above).
+TRANSFORM_ORDER = (
+    "clip",
+    "noise",
+    "microbatch_noise",
+    "diagonal_noise",
+    "multiplicative_noise",
+    "trust_ratio",
+)
 
 
-class GradientPipeline:
-    def __init__(
-        self,
-        params: list[torch.nn.Parameter],
-        noise: GradientNoise | None = None,
-        noise_placement: str = "gradient",
-        clip_norm: float | None = None,
-        trust_params: list[torch.nn.Parameter] | None = None,
-        trust_eta: float = 0.001,
-        trust_weight_decay: float = 0.0,
-    ) -> None:
-        if noise_placement not in ("gradient", "update"):
-            raise ValueError(f"noise placement '{noise_placement}' is not one of: gradient, update")
-        self.params = params
-        self.noise = noise
-        self.noise_placement = noise_placement
-        self.clip_norm = clip_norm
-        self.trust_params = trust_params or []
-        self.trust_eta = trust_eta
-        self.trust_weight_decay = trust_weight_decay
-        self.last_grad_norm: torch.Tensor | None = None
+@dataclass(frozen=True)
+class ChainContext:
+    """What the shaped noise kinds need to know about the run besides its config."""
 
-    def before_step(self) -> None:
-        """Steps 3-5, on the averaged gradients."""
-        if self.clip_norm is not None:
-            self.last_grad_norm = clip_global_norm_([p.grad for p in self.params], self.clip_norm)
-        if self.noise is not None and self.noise_placement == "gradient":
-            self.noise()
-        if self.trust_params:
-            with_grad = [p for p in self.trust_params if p.grad is not None]
-            apply_trust_ratio_(
-                with_grad, [p.grad for p in with_grad], self.trust_eta, self.trust_weight_decay
-            )
+    global_batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    lr: float
+    """The scaled peak learning rate (``lr_L``)."""
+    world_size: int = 1
+    rank: int = 0
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def after_step(self, lr: float) -> None:
-        """Step 7."""
-        if self.noise is not None and self.noise_placement == "update":
-            self.noise.add_to([p.data for p in self.noise.params], scale=-lr)
+    @classmethod
+    def single(cls, cfg: Config, lr: float) -> ChainContext:
+        """One process, the micro-batch of the config (or the whole batch)."""
+        b = cfg.train.global_batch_size
+        m = cfg.train.micro_batch_size or b
+        return cls(b, m, b // m, lr)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"noise": self.noise.state_dict() if self.noise is not None else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.noise is not None and state.get("noise") is not None:
-            self.noise.load_state_dict(state["noise"])
+def calibrate(cfg: Config, ctx: ChainContext) -> NoiseCalibration:
+    """The shaped kinds' target ``c`` for this run."""
+    return NoiseCalibration(
+        cfg.noise.match,
+        cfg.optim.base_batch_size,
+        ctx.global_batch_size,
+        base_lr=cfg.optim.lr,
+        lr=ctx.lr,
+        scale=cfg.noise.scale,
+    )
+
+
+def _shaped_noise(
+    params: list[torch.nn.Parameter], cfg: Config, ctx: ChainContext, c: float
+) -> GradientTransform:
+    n = cfg.noise
+    if n.kind == "multiplicative":
+        device = params[0].device if params else torch.device("cpu")
+        return MultiplicativeNoise(
+            c,
+            ctx.global_batch_size,
+            seed=n.seed,
+            world_size=ctx.world_size,
+            rank=ctx.rank,
+            device=device,
+        )
+    if c > 0 and ctx.accumulation_steps < 2:
+        raise UserError(
+            f"noise.kind={n.kind} draws its noise from the deviations between micro-batches and "
+            f"needs at least 2 per device; set train.micro_batch_size to a divisor of the "
+            f"per-device batch {ctx.global_batch_size // ctx.world_size} below it (e.g. "
+            f"{ctx.global_batch_size // ctx.world_size // 2})"
+        )
+    selected = params if n.include_bias_and_norm else [p for p in params if not is_bias_or_norm(p)]
+    cls = MicrobatchNoise if n.kind == "microbatch" else DiagonalNoise
+    return cls(
+        selected,
+        c,
+        ctx.micro_batch_size,
+        seed=n.seed,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+        all_reduce=ctx.all_reduce,
+    )
+
+
+def build_chain(
+    params: list[torch.nn.Parameter], cfg: Config, ctx: ChainContext | None = None
+) -> TransformChain:
+    """The run's gradient transforms from its config, in :data:`TRANSFORM_ORDER`.
+
+    ``ctx`` describes the batch plan and the ranks (default: one process, ``optim.lr``
+    unscaled); the shaped noise kinds need it.
+    """
+    ctx = ctx or ChainContext.single(cfg, cfg.optim.lr)
+    o, n = cfg.optim, cfg.noise
+    made: dict[str, GradientTransform] = {}
+    if o.grad_clip_norm is not None:
+        made["clip"] = ClipGlobalNorm(params, o.grad_clip_norm)
+    if n.kind != "isotropic":
+        shaped = _shaped_noise(params, cfg, ctx, calibrate(cfg, ctx).multiplier)
+        made[shaped.name] = shaped
+    elif n.alpha > 0:
+        made["noise"] = GradientNoise(
+            params,
+            alpha=n.alpha,
+            gamma=n.gamma,
+            seed=n.seed,
+            include_bias_and_norm=n.include_bias_and_norm,
+            placement=n.placement,
+        )
+    if o.name == "lars":
+        weights = [p for p in params if not is_bias_or_norm(p)]
+        made["trust_ratio"] = TrustRatio(weights, o.trust_coefficient, o.weight_decay)
+    return TransformChain([made[name] for name in TRANSFORM_ORDER if name in made])

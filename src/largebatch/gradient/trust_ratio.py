@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from largebatch.gradient.base import GradientTransform, UpdateInfo
+
 
 @torch.no_grad()
 def apply_trust_ratio_(
@@ -31,3 +33,28 @@ def apply_trust_ratio_(
     denom = g_norms + weight_decay * w_norms
     ratio = torch.where((w_norms > 0) & (denom > 0), eta * w_norms / denom, torch.ones_like(denom))
     torch._foreach_mul_(grads, list(ratio.unbind()))
+
+
+class TrustRatio(GradientTransform):
+    """The trust ratio above as a chain transform, on the weight tensors given.
+
+    Example::
+
+        >>> w = torch.nn.Parameter(torch.full((4,), 2.0)); w.grad = torch.ones(4)
+        >>> TrustRatio([w], eta=0.001, weight_decay=0.0).apply_([w.grad], UpdateInfo(0, 0.1))
+        >>> round(w.grad[0].item(), 6)  # eta * |w| / |g| = 0.001 * 4 / 2
+        0.002
+    """
+
+    name = "trust_ratio"
+
+    def __init__(self, params: list[torch.nn.Parameter], eta: float, weight_decay: float) -> None:
+        self.params = list(params)
+        self.eta = float(eta)
+        self.weight_decay = float(weight_decay)
+
+    def apply_(self, grads: list[torch.Tensor | None], info: UpdateInfo) -> None:
+        pairs = [(p, g) for p, g in zip(self.params, grads, strict=True) if g is not None]
+        if pairs:
+            ps, gs = zip(*pairs, strict=True)
+            apply_trust_ratio_(list(ps), list(gs), self.eta, self.weight_decay)

@@ -1,0 +1,166 @@
+"""What a run writes: the run directory's checks on start, its records and checkpoints.
+
+Only global rank 0 calls these (the other ranks never touch the run directory). Files are written
+atomically or appended with ``fsync``; see :mod:`largebatch.rundir` for the layout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from largebatch import rundir
+from largebatch.checkpoint import load_checkpoint, save_checkpoint
+from largebatch.config import Config, config_to_dict, resolved
+from largebatch.errors import UserError
+
+# Keys that may differ between a run's stored config and the one given with --resume: they
+# change where or how fast a run goes, or extend it, not what it computes up to now.
+RESUMABLE_CHANGES = {
+    "train.epochs",
+    "train.progress",
+    "train.threads",
+    "train.device",
+    "train.eval_batch_size",
+    "train.checkpoint_every_epochs",
+    "train.log_every_steps",
+    "data.root",
+    "data.num_workers",
+    "data.cache_dir",
+}
+LOCK = ".lock"
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [
+        f"{section}.{key}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b.get(section, {}).get(key)
+    ]
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """``--out`` must be a directory we can create and write (checked before data is built)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is an existing file; choose a directory path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--out {run_dir} cannot be created ({e.strerror}); choose another path"
+        ) from None
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(f"--out {run_dir} is not writable; choose another path")
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an OS lock on ``RUN/.lock`` for the life of the process; a second run into the same
+    directory stops with an error naming the holder. The OS drops the lock when the holder dies
+    (kill -9 included), so a crashed run never blocks ``--resume``."""
+    handle = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{run_dir} is in use by a running training process (pid {holder}); wait for it to "
+            "finish or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
+    """Check the run directory against the request; on resume return the stored checkpoint."""
+    config_path = run_dir / "config.yaml"
+    if not resume:
+        if config_path.exists():
+            raise UserError(
+                f"{run_dir} already holds a run; pass --resume to continue it, or choose "
+                "another --out"
+            )
+        return None
+    if not config_path.exists():
+        return None  # nothing to resume: start fresh
+    stored = rundir.read_config(run_dir)
+    changed = _config_diff(config_to_dict(resolved(stored)), config_to_dict(resolved(cfg)))
+    bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if bad:
+        raise UserError(
+            f"--resume: the config differs from the one stored in {run_dir} in {', '.join(bad)}; "
+            f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume"
+        )
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    if not ckpt_path.exists():
+        return None
+    return load_checkpoint(ckpt_path)
+
+
+def start_records(run_dir: Path, checkpoint: dict | None) -> float:
+    """Cut the records back to what the checkpoint covers; return the wall time already spent."""
+    if checkpoint is None:
+        for name in (rundir.METRICS, rundir.STEPS, rundir.EVALS):
+            (run_dir / name).unlink(missing_ok=True)
+        return 0.0
+    rundir.truncate_metrics(run_dir, int(checkpoint["epoch"]))
+    rundir.truncate_jsonl(run_dir / rundir.STEPS, "step", int(checkpoint["step"]))
+    rundir.truncate_jsonl(run_dir / rundir.EVALS, "step", int(checkpoint["step"]))
+    previous = run_dir / "summary.json"
+    if previous.exists():
+        return float(rundir.read_json(previous).get("wall_time_s", 0.0))
+    return 0.0
+
+
+def save(run_dir: Path, state: dict[str, Any]) -> None:
+    save_checkpoint(run_dir / rundir.CHECKPOINT, state)
+
+
+def write_summary(
+    run_dir: Path,
+    status: str,
+    row: dict[str, Any] | None,
+    step: int,
+    wall: float,
+    message: str = "",
+    **extra: Any,
+) -> dict[str, Any]:
+    history = rundir.read_metrics(run_dir)
+    summary: dict[str, Any] = {
+        "status": status,
+        "epochs_completed": row["epoch"] if row else 0,
+        "step": step,
+        "final": row,
+        "best_val_acc": max(r["val_acc"] for r in history) if history else None,
+        "wall_time_s": wall,
+        "message": message,
+        **extra,
+    }
+    rundir.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False, file=sys.stderr
+    )
+
+
+def format_row(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  train {row['train_loss']:.4f} "
+        f"/ {100 * row['train_acc']:.2f}%  val {row['val_loss']:.4f} / {100 * row['val_acc']:.2f}%"
+        f"  {row['examples_per_s']:.0f} ex/s"
+    )
