@@ -144,13 +144,11 @@ class GradientNoise(GradientTransform):
         if self.alpha > 0:
             std = math.sqrt(self.variance())
             self._draw()
-            if all(x is not None for x in tensors):
-                torch._foreach_add_(tensors, self._views, alpha=scale * std)
-            else:
-                pairs = [(x, v) for x, v in zip(tensors, self._views, strict=True) if x is not None]
-                if pairs:
-                    xs, vs = zip(*pairs, strict=True)
-                    torch._foreach_add_(list(xs), list(vs), alpha=scale * std)
+            pairs = [(x, v) for x, v in zip(tensors, self._views, strict=True) if x is not None]
+            if pairs:
+                xs = [x for x, _ in pairs]
+                vs = [v for _, v in pairs]
+                torch._foreach_add_(xs, vs, alpha=scale * std)
         self.t += 1
 
     def apply_(self, tensors: list[torch.Tensor | None], info: UpdateInfo) -> None:

@@ -21,9 +21,19 @@ exactly ``BatchNorm``. The modules subclass ``torch.nn.modules.batchnorm._BatchN
 recognises normalisation layers (weight-decay exclusion, noise exclusion) still does, and their
 ``state_dict`` is BatchNorm's.
 
-Example::
+Example (a batch of 64 normalised as two ghost batches of 32; each chunk has mean 0)::
 
-    model = convert_to_ghost_batchnorm(resnet50(), ghost_batch_size=32)
+    >>> import torch
+    >>> from largebatch.models.ghost_batchnorm import convert_to_ghost_batchnorm
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    >>> model = convert_to_ghost_batchnorm(model, ghost_batch_size=32)
+    >>> type(model[1]).__name__, model[1].ghost_batch_size
+    ('GhostBatchNorm1d', 32)
+    >>> y = model(torch.randn(64, 4) + torch.arange(64.0)[:, None])  # chunks differ in mean
+    >>> [round(chunk.mean().abs().item(), 4) for chunk in y.split(32)]
+    [0.0, 0.0]
+    >>> int(model[1].num_batches_tracked)  # running statistics: updated once per forward
+    1
 """
 
 from __future__ import annotations
@@ -43,8 +53,8 @@ class _GhostBatchNorm(_BatchNorm):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         if ghost_batch_size < 1:
@@ -63,9 +73,11 @@ class _GhostBatchNorm(_BatchNorm):
 
         factor = 0.0
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+            tracked = self.num_batches_tracked
+            assert tracked is not None  # track_running_stats
+            tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as in BatchNorm
-                factor = 1.0 / float(self.num_batches_tracked)
+                factor = 1.0 / float(tracked)
             else:
                 factor = self.momentum
         g = self.ghost_batch_size
