@@ -160,6 +160,10 @@ class OptimConfig:
     """cosine: final LR as a fraction of the peak."""
     trust_coefficient: float = 0.001
     """lars: eta, the trust coefficient."""
+    lars_form: str = "you2017"
+    """lars: which published form (:data:`largebatch.optim.LARS_FORMS`): ``you2017`` (You et al.
+    2017, LR inside momentum), ``optax``, ``timm`` (LR outside momentum) or ``larc`` (apex,
+    clipped). The forms differ under warmup and decay, not at a constant LR."""
     grad_clip_norm: float | None = None
     """Clip the global gradient norm to this value before the noise is added. None: off."""
 
@@ -373,6 +377,8 @@ def dump_config(cfg: Config) -> str:
 SCALING_RULES = ("none", "linear", "sqrt")
 SCHEDULES = ("constant", "multistep", "paper", "cosine")
 OPTIMIZERS = ("sgd", "lars")
+LARS_FORMS = ("you2017", "optax", "timm", "larc")
+"""The names of :data:`largebatch.optim.lars.FORMS` (a test keeps the two equal)."""
 AMP_MODES = ("none", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 NOISE_PLACEMENTS = ("gradient", "update")
@@ -463,6 +469,9 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= o.min_lr_factor <= 1.0:
         raise ConfigError(f"optim.min_lr_factor: must be in [0, 1], got {o.min_lr_factor}")
     _positive("optim.trust_coefficient", o.trust_coefficient)
+    _choice("optim.lars_form", o.lars_form, LARS_FORMS)
+    if o.name == "lars" and o.nesterov and o.lars_form == "larc":
+        raise ConfigError("optim.nesterov: the larc form has no Nesterov variant; use another form")
     _positive("optim.grad_clip_norm", o.grad_clip_norm)
     _positive("noise.alpha", n.alpha, allow_zero=True)
     _positive("noise.gamma", n.gamma, allow_zero=True)

@@ -2,11 +2,9 @@
 
 from largebatch.gradient.clip import clip_global_norm_
 from largebatch.gradient.noise import GradientNoise, is_bias_or_norm, noise_variance
-from largebatch.gradient.trust_ratio import apply_trust_ratio_
 
 __all__ = [
     "GradientNoise",
-    "apply_trust_ratio_",
     "clip_global_norm_",
     "is_bias_or_norm",
     "noise_variance",

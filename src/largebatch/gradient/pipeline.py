@@ -3,7 +3,7 @@
 Order is semantics, so it is code: :data:`TRANSFORM_ORDER` is the list the chain is built in, and
 a test checks that this docstring and the README list the same order. For one update:
 
-1. ``backward`` over the micro-batches (:mod:`largebatch.engine.update`), each micro-batch loss
+1. Backward over the micro-batches (:mod:`largebatch.engine.update`), each micro-batch loss
    scaled so that the sum is the mean over the global batch; under DDP the all-reduce runs on the
    last micro-batch only (``no_sync``), so the gradient the chain sees is the global average.
 2. AMP: bf16 autocast needs no loss scaling, so there is nothing to unscale. (A float16 path would
@@ -11,15 +11,20 @@ a test checks that this docstring and the README list the same order. For one up
 3. ``clip``: clip the global gradient norm to ``optim.grad_clip_norm`` (if set). Clipping comes
    before the noise so that the injected variance is exactly the configured one.
 4. ``noise``: gradient noise at ``noise.placement = gradient`` (the paper):
-   ``g += N(0, sigma_t^2 I)``; or the shaped kinds (``noise.kind``), covariance ``c * Sigma``:
-   ``microbatch_noise`` / ``diagonal_noise`` (they also watch each micro-batch's backward), and
-   ``multiplicative_noise``, which acts earlier, as per-example loss weights in step 1.
-5. ``trust_ratio``: LARS's layer-wise trust ratio (``optim.name = lars``) on weight tensors; it
-   adds their weight decay and rescales (see :mod:`largebatch.gradient.trust_ratio`).
-6. ``optimizer.step()``: coupled weight decay ``g += wd w`` (SGD groups), momentum, LR. Coupled
-   weight decay is additive, so noise before or after it gives the same update.
-7. ``noise`` at ``noise.placement = update``: ``w -= lr sigma_t n_t`` after the step, so the noise
-   enters the weights with the LR but momentum never accumulates it.
+   ``g += N(0, sigma_t^2 I)``.
+5. ``microbatch_noise``, ``diagonal_noise``, ``multiplicative_noise``: the shaped kinds
+   (``noise.kind``; one at most, instead of ``noise``), covariance ``c * Sigma``. The first two
+   also watch each micro-batch's backward; ``multiplicative_noise`` acts earlier, as per-example
+   loss weights in step 1.
+6. ``optimizer.step()``: torch SGD (coupled weight decay ``g += wd w``, momentum, LR), or under
+   ``optim.name = lars`` :class:`largebatch.optim.LARS`, whose layer-wise trust ratio is part of
+   the step (it needs the LR's place relative to momentum, so it is not a chain transform).
+   Coupled weight decay is additive, so noise before or after it gives the same update.
+7. Gradient noise at ``noise.placement = update``: ``w -= lr sigma_t n_t`` after the step, so the
+   noise enters the weights with the LR but momentum never accumulates it.
+
+The transforms of steps 3-5 and 7 are named (in order) in :data:`TRANSFORM_ORDER`: a numbered
+item that starts with names in double backquotes followed by a colon names chain transforms.
 
 Example::
 
@@ -48,16 +53,15 @@ from largebatch.gradient.diagonal_noise import DiagonalNoise
 from largebatch.gradient.microbatch_noise import MicrobatchNoise
 from largebatch.gradient.multiplicative_noise import MultiplicativeNoise
 from largebatch.gradient.noise import GradientNoise, is_bias_or_norm
-from largebatch.gradient.trust_ratio import TrustRatio
 
-# The names of the chain's transforms in the order they act (steps 3, 4, 5, 7 above).
+# The names of the chain's transforms in the order they act (steps 3-5 and 7 above; ``noise``
+# acts at step 4 or 7 by its placement).
 TRANSFORM_ORDER = (
     "clip",
     "noise",
     "microbatch_noise",
     "diagonal_noise",
     "multiplicative_noise",
-    "trust_ratio",
 )
 
 
@@ -153,7 +157,4 @@ def build_chain(
             include_bias_and_norm=n.include_bias_and_norm,
             placement=n.placement,
         )
-    if o.name == "lars":
-        weights = [p for p in params if not is_bias_or_norm(p)]
-        made["trust_ratio"] = TrustRatio(weights, o.trust_coefficient, o.weight_decay)
     return TransformChain([made[name] for name in TRANSFORM_ORDER if name in made])

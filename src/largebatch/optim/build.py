@@ -11,6 +11,7 @@ from largebatch.config import Config
 from largebatch.gradient.base import TransformChain
 from largebatch.gradient.noise import is_bias_or_norm
 from largebatch.gradient.pipeline import ChainContext, build_chain
+from largebatch.optim.lars import LARS, lars_param_groups
 
 
 @dataclass
@@ -22,32 +23,47 @@ class OptimizerSetup:
 def build_optimizer(
     model: nn.Module, config: Config, lr: float, context: ChainContext | None = None
 ) -> OptimizerSetup:
-    """SGD (momentum, optional Nesterov) with weight decay groups, or LARS; plus the chain.
+    """SGD (momentum, optional Nesterov) or LARS, with weight-decay groups; plus the chain.
 
     ``context``: the batch plan and ranks the gradient-transform chain needs (default: one
     process at the config's batch).
 
-    Parameter groups: weights (``ndim >= 2``) always get ``weight_decay``; biases and norm
-    parameters (``ndim <= 1``) get it only if ``decay_bias_and_norm``. Under LARS, weight tensors
-    go through the trust ratio (which applies their weight decay) and SGD adds none for them.
+    Parameter groups, ``weights`` then ``bias_and_norm``: weights (``ndim >= 2``) always get
+    ``optim.weight_decay``; biases and norm parameters (``ndim <= 1``) get it only if
+    ``optim.decay_bias_and_norm``.
+
+    ``optim.name = lars``: :class:`largebatch.optim.LARS` in the form ``optim.lars_form``, with
+    ``eta = optim.trust_coefficient``. The ``weights`` group gets the trust ratio (on
+    ``g + wd w``, its own weight decay); ``bias_and_norm`` is excluded (ratio 1: momentum SGD on
+    ``g + wd w`` with the form's LR placement), as LARS is usually run.
     """
     cfg = config.optim
     params = [p for p in model.parameters() if p.requires_grad]
+    context = context or ChainContext.single(config, lr)
+    chain = build_chain(params, config, context)
+    if cfg.name == "lars":
+        # the same split as SGD's groups below (ndim <= 1: biases and norm parameters)
+        lars = LARS(
+            lars_param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm),
+            lr=lr,
+            momentum=cfg.momentum,
+            eta=cfg.trust_coefficient,
+            form=cfg.lars_form,
+            nesterov=cfg.nesterov,
+        )
+        return OptimizerSetup(lars, chain)
     weights = [p for p in params if not is_bias_or_norm(p)]
     others = [p for p in params if is_bias_or_norm(p)]
     other_wd = cfg.weight_decay if cfg.decay_bias_and_norm else 0.0
-    # Under LARS the trust ratio transform applies the weights' decay itself.
-    weight_wd = 0.0 if cfg.name == "lars" else cfg.weight_decay
-    groups = [
+    sgd_groups = [
         g
         for g in (
-            {"params": weights, "weight_decay": weight_wd, "name": "weights"},
+            {"params": weights, "weight_decay": cfg.weight_decay, "name": "weights"},
             {"params": others, "weight_decay": other_wd, "name": "bias_and_norm"},
         )
         if g["params"]
     ]
     optimizer = torch.optim.SGD(
-        groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True
+        sgd_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True
     )
-    context = context or ChainContext.single(config, lr)
-    return OptimizerSetup(optimizer, build_chain(params, config, context))
+    return OptimizerSetup(optimizer, chain)

@@ -33,7 +33,9 @@ Zero norms, exactly as each reference does:
 
 - ``you2017``: ``r = 1`` when ``|w| = 0`` or the denominator ``|g| + wd |w| + eps`` is 0. A zero
   gradient with ``wd > 0`` therefore gets ``r = eta / wd`` (the formula's own value; the update is
-  then ``lr eta w``), not 1. This is what the engine's trust-ratio transform has always computed.
+  then ``lr eta w``), not 1; with ``wd = 0`` (and ``eps = 0``) it gets ``r = 1`` on ``d = 0``, so
+  only momentum moves ``w``. The engine (``optim.name = lars``) uses this class, so the same holds
+  there.
 - ``optax``: ``r = 1`` when ``|w| = 0`` or ``|d| = 0``.
 - ``timm``: ``r = 1`` when ``|w| = 0`` or ``|g| = 0`` (the weight decay is still added).
 - ``larc``: when ``|w| = 0`` or ``|g| = 0``, apex leaves the gradient untouched: ``r = 1`` and no
