@@ -165,28 +165,102 @@ def check_member_path(name: str, archive: Path) -> str:
     return normal
 
 
-def _check_link(member: tarfile.TarInfo, normal: str, archive: Path) -> None:
-    link = member.linkname.replace("\\", "/")
-    if link.startswith("/"):
-        raise DataError(f"{archive}: refusing member '{member.name}': link to absolute '{link}'")
-    # A symlink resolves against the member's folder; a hard link names a path in the archive.
-    base = posixpath.dirname(normal) if member.issym() else ""
-    resolved = posixpath.normpath(posixpath.join(base, link))
-    if resolved == ".." or resolved.startswith("../"):
-        raise DataError(
-            f"{archive}: refusing member '{member.name}': link to '{link}' escapes the target"
-        )
+_MAX_LINKS = 40  # as the OS: more links than this on one path is a loop
+
+
+class _Members:
+    """The tree an archive builds, as far as links go: where each path lands once the archive's
+    own symlinks (those extracted before it) are followed, like the OS will follow them.
+
+    Paths are lists of components relative to the target; a path that climbs above the target
+    is refused. The check needs no disk: nothing is written before every member passed.
+    """
+
+    def __init__(self, archive: Path, target: Path) -> None:
+        self.archive = archive
+        self.target = target
+        self.links: dict[str, str] = {}
+        """Resolved location of each symlink member -> its link text."""
+
+    def _refuse(self, name: str, why: str) -> DataError:
+        return DataError(f"{self.archive}: refusing member '{name}': {why}")
+
+    def resolve(self, name: str, path: str, follow_last: bool, base: list[str]) -> list[str]:
+        """``path`` (relative to the folder ``base``) with every archive symlink on the way
+        followed (the last component too if ``follow_last``)."""
+        parts = list(base)
+        todo = path.split("/")
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    how = " through a link" if hops else ""
+                    raise self._refuse(name, f"its path escapes the target{how}")
+                parts.pop()
+                continue
+            parts.append(part)
+            key = "/".join(parts)
+            if key in self.links and (todo or follow_last):
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise self._refuse(name, "too many levels of symbolic links")
+                link = self.links[key]
+                if link.startswith("/"):
+                    raise self._refuse(name, f"goes through a link to absolute '{link}'")
+                parts.pop()  # a link resolves against its own folder
+                todo = link.split("/") + todo
+        return parts
+
+    def _inside_on_disk(self, name: str, parts: list[str]) -> None:
+        """Links already in the target (an earlier extraction) are followed by the OS too."""
+        root = os.path.realpath(self.target)
+        real = os.path.realpath(os.path.join(root, *parts))
+        if real != root and not real.startswith(root + os.sep):
+            raise self._refuse(name, f"it would land at {real}, outside the target")
+
+    def add(self, member: tarfile.TarInfo) -> None:
+        """Check one member (in archive order) and record it if it is a symlink.
+
+        The member's raw path is walked, not its normalised form: ``d/l/..`` is the parent of
+        where ``d/l`` points, not ``d``."""
+        name = member.name
+        path = name.replace("\\", "/")
+        link = member.linkname.replace("\\", "/")
+        if member.issym():
+            if link.startswith("/"):
+                raise self._refuse(name, f"link to absolute '{link}'")
+            where = self.resolve(name, path, follow_last=False, base=[])
+            if not where:
+                raise self._refuse(name, "a link in place of the target itself")
+            self.resolve(name, link, follow_last=True, base=where[:-1])  # must stay inside
+            self._inside_on_disk(name, where[:-1])
+            self.links["/".join(where)] = link
+            return
+        if member.islnk():  # a hard link names a path in the archive, from the root
+            if link.startswith("/"):
+                raise self._refuse(name, f"link to absolute '{link}'")
+            self._inside_on_disk(name, self.resolve(name, link, follow_last=True, base=[]))
+        elif not (member.isfile() or member.isdir()):
+            raise self._refuse(name, "not a file or folder")
+        # Writing a file (or making a folder) follows a link already at its path.
+        self._inside_on_disk(name, self.resolve(name, path, follow_last=True, base=[]))
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> Path:
     """Unpack a .zip, .tar, .tar.gz or .tgz into ``target``, refusing members that escape it.
 
     Every member is checked before anything is written, so a malicious archive leaves nothing
-    behind. Device files and FIFOs are refused too.
+    behind. The check follows the archive's own symlinks as the OS will once they are written
+    (``d/l -> .`` then ``d/l/../../x`` lands outside, and is refused) and links already in
+    ``target``. Device files and FIFOs are refused too; zip archives may hold no symlinks.
     """
     archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
+    if not name.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise DataError(f"{archive}: unknown archive type (expected .zip, .tar, .tar.gz, .tgz)")
     try:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
@@ -195,29 +269,37 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
                     # Zip symlinks carry S_IFLNK in the upper bits of external_attr.
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise DataError(f"{archive}: refusing member '{info.filename}': symlink")
+                target.mkdir(parents=True, exist_ok=True)
                 zf.extractall(target)
-        elif name.endswith((".tar", ".tar.gz", ".tgz")):
+        else:
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
+                tree = _Members(archive, target)
                 for member in members:
-                    normal = check_member_path(member.name, archive)
-                    if member.issym() or member.islnk():
-                        _check_link(member, normal, archive)
-                    elif not (member.isfile() or member.isdir()):
-                        raise DataError(
-                            f"{archive}: refusing member '{member.name}': not a file or folder"
-                        )
+                    check_member_path(member.name, archive)
+                    tree.add(member)
+                target.mkdir(parents=True, exist_ok=True)
                 # The checks above are ours; the 'data' filter (where Python has it) is a second
                 # line of defence with the same intent.
                 if hasattr(tarfile, "data_filter"):
                     tf.extractall(target, members=members, filter="data")
                 else:  # pragma: no cover - Python < 3.10.12
                     tf.extractall(target, members=members)
-        else:
-            raise DataError(f"{archive}: unknown archive type (expected .zip, .tar, .tar.gz, .tgz)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise DataError(f"{archive}: corrupt archive ({e}); delete it and fetch it again") from None
     return target
+
+
+def _move_in(staging: Path, folder: Path) -> None:
+    """Move every entry of ``staging`` into ``folder``, replacing an entry of the same name (an
+    earlier extraction of the same files)."""
+    for entry in sorted(staging.iterdir()):
+        dest = folder / entry.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        elif dest.exists() or dest.is_symlink():
+            dest.unlink()
+        os.replace(entry, dest)
 
 
 def download_dataset(name: str, root: str | Path | None = None) -> Path:
@@ -225,13 +307,26 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
 
     Files already present with the right checksum are not fetched again. For Caltech101 the inner
     ``101_ObjectCategories.tar.gz`` is unpacked too, so the folder ends up holding
-    ``101_ObjectCategories/``.
+    ``101_ObjectCategories/``. Archives are unpacked into a temporary folder beside the target and
+    moved in only when every one of them unpacked: a refused or corrupt archive leaves the folder
+    as it was (with the downloaded archive, and nothing half-extracted).
     """
     if name not in DOWNLOADS:
         raise DataError(f"nothing to download for '{name}'; downloadable: {', '.join(DOWNLOADS)}")
     folder = Path(root).expanduser() if root is not None else DEFAULT_ROOT
     folder = folder / name
     folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=folder))
+    try:
+        _fetch_all(name, folder, staging)
+        _move_in(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _fetch_all(name: str, folder: Path, staging: Path) -> None:
+    """Fetch ``name``'s files into ``folder``; unpack its archives into ``staging``."""
     for res in DOWNLOADS[name]:
         dest = folder / res.filename
         if not _is_valid(dest, res):
@@ -245,13 +340,12 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
             else:
                 raise DataError(f"{name}: every mirror failed for {res.filename}: {errors}")
         if res.extract:
-            safe_extract(dest, folder)
+            safe_extract(dest, staging)
     if name == "caltech101":
-        for inner in folder.rglob("101_ObjectCategories.tar.gz"):
+        for inner in staging.rglob("101_ObjectCategories.tar.gz"):
             if "__MACOSX" not in inner.parts:
-                safe_extract(inner, folder)
+                safe_extract(inner, staging)
                 break
-    return folder
 
 
 def _is_valid(path: Path, res: Resource) -> bool:
