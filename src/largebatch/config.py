@@ -129,6 +129,10 @@ class TrainConfig:
     """Write ``checkpoints/last.pt`` every N epochs (and always at the end)."""
     progress: bool | None = None
     """Show a progress bar. None: only when stderr is a terminal."""
+    tensorboard: bool = False
+    """Also write the ``steps.jsonl`` and ``metrics.jsonl`` scalars as TensorBoard event files in
+    ``RUN/tensorboard/`` (rank 0). Needs the ``tensorboard`` package
+    (``pip install tensorboard``, or the ``largebatch[tensorboard]`` extra)."""
 
 
 @dataclass

@@ -36,7 +36,7 @@ from largebatch.config import Config, resolved
 from largebatch.data import check_dataset_name
 from largebatch.data.sampling import epoch_order, global_batches, local_slice, plan_batches
 from largebatch.distributed import DistContext, init_distributed
-from largebatch.engine import records
+from largebatch.engine import records, tensorboard
 from largebatch.engine.evaluate import evaluate
 from largebatch.engine.setup import Run, build_run, resolve_device
 from largebatch.engine.update import optimizer_update
@@ -154,6 +154,7 @@ def train(
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     _check_names(cfg)
+    tensorboard.require(cfg.train.tensorboard)
     plan_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dist.world_size)
     created = not run_dir.exists()
     lock, checkpoint = _open_run_dir(cfg, run_dir, resume, dist)
@@ -170,7 +171,9 @@ def train(
         wall_before = 0.0
         if dist.is_main:
             wall_before = _write_start(run, run_dir, checkpoint)
-        return _train_loop(run, run_dir, progress, stop_after_epochs, wall_before)
+        board = cfg.train.tensorboard and dist.is_main
+        with tensorboard.session(run_dir, board, progress.step):
+            return _train_loop(run, run_dir, progress, stop_after_epochs, wall_before)
     finally:
         if lock is not None:
             lock.close()
@@ -371,6 +374,7 @@ def _read(run: Run, run_dir: Path, progress: Progress, stop: StopFlag, bar: Any)
         row["grad_norm"] = float(progress.grad_norm)
     if dist.is_main:
         rundir.append_jsonl(run_dir / rundir.STEPS, row)
+        tensorboard.log(run_dir, "train", row, progress.step)
     if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", ex_s=f"{row['examples_per_s']:.0f}")
     if not math.isfinite(loss) or bad_step >= 0:
@@ -456,6 +460,7 @@ def _end_epoch(
     }
     if dist.is_main:
         rundir.append_metrics(run_dir, row)
+        tensorboard.log(run_dir, "epoch", row, progress.step, flush=True)
         if _progress_enabled(cfg, dist):
             print(records.format_row(row, run.total_epochs), file=sys.stderr)
         done = progress.epoch
