@@ -8,14 +8,23 @@
     largebatch download NAME [--root DIR]
     largebatch list
 
-A user mistake (bad config key or value, missing data, a run directory that is not one) prints
-one ``error:`` line that names the fix and exits with code 2. A run whose loss diverges exits 1.
+Exit codes:
+
+- 0: done (also a run stopped by ``--stop-after``; it prints how to continue).
+- 1: the training loss diverged (``summary.json`` says ``diverged``).
+- 2: a user mistake (bad config key or value, missing data, a run directory that is not one, a
+  run directory in use): one ``largebatch COMMAND: error:`` line that names the fix.
+- 143 (128 + 15): ``train`` stopped by SIGTERM (batch schedulers, ``torchrun``); 130 (128 + 2):
+  stopped by SIGINT (Ctrl-C). The run is checkpointed where it stood, ``summary.json`` says
+  ``stopped`` with the signal number under ``signal``, and the exact ``--resume`` command is
+  printed; the resumed run ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,20 +37,60 @@ def _default_out(config: str | None) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command line that continues this run (same config and overrides, ``--resume``)."""
+    argv = ["largebatch", "train", args.config, *args.overrides, "--out", str(out), "--resume"]
+    return shlex.join(argv)
+
+
+def _report_stop(args: argparse.Namespace, out: Path, summary: dict) -> None:
+    """Where the checkpoint is and how to continue, on stderr (stdout may be a pipe to a log)."""
+    from largebatch.rundir import CHECKPOINT
+
+    ckpt = out / CHECKPOINT
+    print(f"stopped: {summary.get('message', '')}", file=sys.stderr)
+    if ckpt.is_file():
+        print(f"checkpoint: {ckpt} (update {summary.get('step')})", file=sys.stderr)
+    else:
+        print("checkpoint: none yet (the run restarts from the beginning)", file=sys.stderr)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    how = f" (launched as before: torchrun, world size {world})" if world > 1 else ""
+    print(f"resume with{how}:", file=sys.stderr)
+    print(f"  {resume_command(args, out)}", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from largebatch.config import load_config
     from largebatch.distributed import shutdown_distributed
     from largebatch.engine import train
     from largebatch.presets import resolve_preset
 
+    if args.resume and not args.out:
+        raise UserError(
+            "--resume needs --out RUN_DIR: the run directory to continue (without it a new run "
+            "would start in runs/...)"
+        )
     cfg = load_config(str(resolve_preset(args.config)), args.overrides)
     out = Path(args.out) if args.out else _default_out(args.config)
     try:
         result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
     finally:
         shutdown_distributed()
+    signum = result.summary.get("signal")
+    code = 128 + int(signum) if result.status == "stopped" and signum else 0
     if int(os.environ.get("RANK", "0")) != 0:
-        return 1 if result.status == "diverged" else 0  # rank 0 reports for the job
+        return 1 if result.status == "diverged" else code  # rank 0 reports for the job
     final = result.summary.get("final") or {}
     if result.status == "diverged":
         print(f"diverged: {result.summary['message']}", file=sys.stderr)
@@ -52,10 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{result.status}: {final['epoch']} epochs, train acc {100 * final['train_acc']:.2f}%"
             f", val acc {100 * final['val_acc']:.2f}%, gap {100 * final['gap']:.2f} points"
         )
-    if result.summary.get("message"):
+    if result.status == "stopped":
+        _report_stop(args, out, result.summary)
+    elif result.summary.get("message"):
         print(result.summary["message"])
     print(f"run directory: {out}")
-    return 0
+    return code
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -131,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stop-after",
-        type=int,
+        type=_positive_int,
         metavar="EPOCHS",
         help="stop once this many epochs are done (resume later with --resume)",
     )
@@ -188,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largebatch {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # Training itself turns Ctrl-C into a checkpointed stop; this is Ctrl-C before or after.
+        print(f"largebatch {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
