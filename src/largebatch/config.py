@@ -125,6 +125,13 @@ class TrainConfig:
     eval_every_steps: int | None = None
     """Also measure validation loss/accuracy every N updates (``evals.jsonl``): the resolution
     that steps-to-target plots need. None: only at each epoch's end."""
+    swa_start_epoch: float | None = None
+    """Stochastic weight averaging (Izmailov et al. 2018; SWAP, Gupta et al. 2020): from this
+    epoch on, average the weights every ``swa_every_steps`` updates; the averaged model (its
+    BatchNorm statistics recomputed on the training set) is what is evaluated, reported in
+    ``metrics.jsonl`` and saved as ``swa_model`` in the checkpoint. None: off."""
+    swa_every_steps: int | None = None
+    """SWA: updates between averagings. None: once per epoch, at its end."""
     checkpoint_every_epochs: int = 1
     """Write ``checkpoints/last.pt`` every N epochs (and always at the end)."""
     progress: bool | None = None
@@ -170,6 +177,11 @@ class OptimConfig:
     clipped). The forms differ under warmup and decay, not at a constant LR."""
     grad_clip_norm: float | None = None
     """Clip the global gradient norm to this value before the noise is added. None: off."""
+    grad_penalty: float = 0.0
+    """lambda of the micro-batch gradient-norm penalty (Smith et al. 2021, Geiping et al. 2022):
+    each update minimises ``L + lambda/(4k) sum_j |grad L_j|^2`` over its ``k`` micro-batches
+    (``train.micro_batch_size``), SGD's implicit regulariser at that batch made explicit. Double
+    backward: about 2-3x the cost of an update. One process only. 0: off."""
 
 
 @dataclass
@@ -477,6 +489,14 @@ def validate(cfg: Config) -> None:
     if o.name == "lars" and o.nesterov and o.lars_form == "larc":
         raise ConfigError("optim.nesterov: the larc form has no Nesterov variant; use another form")
     _positive("optim.grad_clip_norm", o.grad_clip_norm)
+    _positive("optim.grad_penalty", o.grad_penalty, allow_zero=True)
+    _positive("train.swa_start_epoch", t.swa_start_epoch, allow_zero=True)
+    _positive("train.swa_every_steps", t.swa_every_steps)
+    if t.swa_start_epoch is not None and t.swa_start_epoch >= run_epochs(t, o):
+        raise ConfigError(
+            f"train.swa_start_epoch={t.swa_start_epoch:g} is not before the run's end "
+            f"({run_epochs(t, o)} epochs): nothing would be averaged; start it earlier"
+        )
     _positive("noise.alpha", n.alpha, allow_zero=True)
     _positive("noise.gamma", n.gamma, allow_zero=True)
     _choice("noise.placement", n.placement, NOISE_PLACEMENTS)

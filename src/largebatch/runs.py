@@ -22,10 +22,20 @@ class LoadedRun:
     run_dir: Path
     config: Config
     model: nn.Module
-    """Built from the config, weights from ``checkpoints/last.pt``, on ``device``, eval mode."""
+    """Built from the config, weights from ``checkpoints/last.pt`` (the SWA average when the run
+    kept one: see :func:`reported_weights`), on ``device``, eval mode."""
     data: DatasetBundle
     device: torch.device
     checkpoint: dict[str, Any]
+
+
+def reported_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights the run reports: the SWA average (``train.swa_start_epoch``, with the
+    BatchNorm statistics of its last evaluation) when the checkpoint holds one, else the model."""
+    averaged = checkpoint.get("swa_model")
+    if averaged is None or int(averaged.get("n_averaged", 0)) == 0:
+        return checkpoint["model"]
+    return {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
@@ -45,7 +55,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     data = build_dataset(cfg.data, device)
     model = assemble_model(cfg, data.input_shape, data.num_classes, device)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(reported_weights(checkpoint))
     except RuntimeError as e:
         raise UserError(
             f"{ckpt_path} does not match the model its config.yaml describes: "

@@ -312,6 +312,8 @@ def _train_epoch(run: Run, run_dir: Path, progress: Progress, stop: StopFlag) ->
         progress.grad_norm = out.grad_norm
         progress.step += 1
         progress.position = i + 1
+        if run.swa is not None:
+            run.swa.after_update(run.model, progress.step)
         progress.epoch_time = time.perf_counter() - t0
         if bar is not None:
             bar.update(1)
@@ -410,10 +412,8 @@ def _noise_variance(run: Run, t: int) -> float:
 
 def _eval_steps(run: Run, run_dir: Path, progress: Progress) -> None:
     cfg = run.cfg
-    run.model.eval()
-    run.dist.average_buffers(run.model)
     val_loss, val_acc = evaluate(
-        run.model,
+        _model_to_evaluate(run),
         run.data.val,
         cfg.train.eval_batch_size,
         run.dist,
@@ -431,17 +431,31 @@ def _eval_steps(run: Run, run_dir: Path, progress: Progress) -> None:
         rundir.append_jsonl(run_dir / rundir.EVALS, row)
 
 
+def _model_to_evaluate(run: Run) -> torch.nn.Module:
+    """The model the run reports, in eval mode: the weight average once it holds one, else the
+    trained model, with BatchNorm statistics averaged over ranks."""
+    cfg = run.cfg
+    run.model.eval()
+    run.dist.average_buffers(run.model)  # evaluate and save statistics of all ranks' data
+    if run.swa is not None and run.swa.count > 0:
+        return run.swa.model_for_eval(
+            run.data.train, cfg.train.eval_batch_size, run.dist, cfg.train.channels_last
+        )
+    return run.model
+
+
 def _end_epoch(
     run: Run, run_dir: Path, progress: Progress, end_epoch: int, wall_before: float, started: float
 ) -> dict[str, Any]:
     cfg, dist = run.cfg, run.dist
-    run.model.eval()
-    dist.average_buffers(run.model)  # evaluate and save statistics of all ranks' data
+    if run.swa is not None:
+        run.swa.after_epoch(run.model, progress.step)
+    model = _model_to_evaluate(run)
     args = (cfg.train.eval_batch_size, dist, cfg.train.amp, cfg.train.channels_last)
     train_loss, train_acc = float("nan"), float("nan")
     if cfg.train.eval_train:
-        train_loss, train_acc = evaluate(run.model, run.data.train, *args)
-    val_loss, val_acc = evaluate(run.model, run.data.val, *args)
+        train_loss, train_acc = evaluate(model, run.data.train, *args)
+    val_loss, val_acc = evaluate(model, run.data.val, *args)
     assert progress.epoch_loss is not None
     running = float(dist.all_reduce_sum(progress.epoch_loss.clone()))
     row = {
@@ -458,6 +472,8 @@ def _end_epoch(
         "examples_per_s": progress.epoch_examples / max(progress.epoch_time, 1e-9),
         "epoch_time_s": progress.epoch_time,
     }
+    if run.swa is not None:
+        row["swa_averages"] = run.swa.count
     if dist.is_main:
         rundir.append_metrics(run_dir, row)
         tensorboard.log(run_dir, "epoch", row, progress.step, flush=True)
@@ -498,6 +514,8 @@ def _save(run: Run, run_dir: Path, progress: Progress, ranks: list[Any] | None =
         "transforms": run.chain.state_dict(),
         "world_size": run.dist.world_size,
     }
+    if run.swa is not None:
+        state["swa_model"] = run.swa.state_dict()
     if ranks is not None:
         state["mid_epoch"] = {
             "position": progress.position,
@@ -516,6 +534,8 @@ def _restore(run: Run, checkpoint: dict | None) -> Progress:
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.chain.load_state_dict(checkpoint.get("transforms") or {})
+    if run.swa is not None and "swa_model" in checkpoint:
+        run.swa.load_state_dict(checkpoint["swa_model"])
     progress.epoch, progress.step = int(checkpoint["epoch"]), int(checkpoint["step"])
     mid = checkpoint.get("mid_epoch")
     if mid is not None:

@@ -19,6 +19,7 @@ from largebatch.config import Config
 from largebatch.data import DatasetBundle, build_dataset
 from largebatch.data.sampling import BatchPlan, plan_batches, steps_per_epoch
 from largebatch.distributed import DistContext
+from largebatch.engine.swa import WeightAverage
 from largebatch.engine.update import UpdateParts
 from largebatch.errors import UserError
 from largebatch.gradient.base import TransformChain
@@ -50,6 +51,8 @@ class Run:
     total_epochs: int
     notes: list[str]
     """One-line facts about the run to show and record (e.g. the noise target)."""
+    swa: WeightAverage | None = None
+    """The weight average (``train.swa_start_epoch``), or None."""
 
     def data_record(self) -> dict[str, Any]:
         """What ``data.json`` holds: the dataset's report and the batch plan."""
@@ -79,6 +82,11 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_distributed(cfg: Config, dist: DistContext, device: torch.device) -> None:
+    if dist.enabled and cfg.optim.grad_penalty:
+        raise UserError(
+            "optim.grad_penalty needs a double backward, which DistributedDataParallel does not "
+            "reduce; run it in one process (train.micro_batch_size sets the micro-batches)"
+        )
     if dist.enabled and cfg.model.sync_batchnorm and device.type != "cuda":
         # PyTorch's SyncBatchNorm only runs on GPUs; without this check DDP raises a ValueError.
         raise UserError(
@@ -150,7 +158,12 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         amp=cfg.train.amp,
         channels_last=cfg.train.channels_last,
         ddp=dist.enabled,
+        grad_penalty=cfg.optim.grad_penalty,
     )
+    swa = None
+    if cfg.train.swa_start_epoch is not None:
+        start = round(cfg.train.swa_start_epoch * n_steps)
+        swa = WeightAverage(model, start, cfg.train.swa_every_steps)
     return Run(
         cfg=cfg,
         dist=dist,
@@ -166,4 +179,5 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         steps_per_epoch=n_steps,
         total_epochs=round(cfg.train.epochs * epoch_scale),
         notes=notes,
+        swa=swa,
     )

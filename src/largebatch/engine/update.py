@@ -9,6 +9,9 @@ micro-batches of ``m`` examples:
    ``(W / B) * sum_i w_i l_i``. Summed over the ``k`` micro-batches and averaged by DDP's
    all-reduce over ``W`` ranks, the gradient is exactly that of the mean loss over the global
    batch. The all-reduce runs once, on the last micro-batch (``no_sync()`` for the others).
+   With ``optim.grad_penalty = lambda`` the micro-batch objective gains
+   ``(lambda / 4) |grad L_j|^2`` per example weight (``L_j`` the micro-batch mean loss), i.e. the
+   update minimises ``L + lambda/(4k) sum_j |grad L_j|^2`` (double backward).
    ``chain.after_microbatch(j)`` sees the running gradient sums.
 3. ``chain.before_step`` (the transforms in :data:`largebatch.gradient.pipeline.TRANSFORM_ORDER`),
    ``optimizer.step()``, ``chain.after_step``.
@@ -54,6 +57,7 @@ class UpdateParts:
         amp: ``none`` or ``bf16``.
         channels_last: move 4-D inputs to channels_last memory format.
         ddp: the model is a DDP wrapper (``no_sync()`` on all but the last micro-batch).
+        grad_penalty: ``lambda`` of the micro-batch gradient-norm penalty (0: off).
     """
 
     model: nn.Module
@@ -63,6 +67,7 @@ class UpdateParts:
     amp: str = "none"
     channels_last: bool = False
     ddp: bool = False
+    grad_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,10 @@ def optimizer_update(
             losses = F.cross_entropy(logits.float(), y, reduction="none")
             weights = parts.chain.loss_weights(len(y), losses.device, info)
             weighted = losses if weights is None else losses * weights
-            (weighted.sum() * scale).backward()
+            objective = weighted.sum()
+            if parts.grad_penalty:
+                objective = objective + _penalty(parts, weighted.mean()) * len(y)
+            (objective * scale).backward()
         parts.chain.after_microbatch(j)
         batch_sum = losses.detach().sum().double()
         loss_sum = batch_sum if loss_sum is None else loss_sum + batch_sum
@@ -114,6 +122,13 @@ def optimizer_update(
     parts.optimizer.step()
     parts.chain.after_step(info)
     return UpdateResult(loss_sum, grad_norm)
+
+
+def _penalty(parts: UpdateParts, mean_loss: torch.Tensor) -> torch.Tensor:
+    """``(lambda / 4) |grad mean_loss|^2``, differentiable (the graph is kept for backward)."""
+    params = [p for g in parts.optimizer.param_groups for p in g["params"] if p.requires_grad]
+    grads = torch.autograd.grad(mean_loss, params, create_graph=True)
+    return parts.grad_penalty / 4 * sum(g.pow(2).sum() for g in grads)
 
 
 def _grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
