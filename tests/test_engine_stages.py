@@ -2,7 +2,6 @@
 transform chain's order, the layout rules (small functions, no engine import from analysis)."""
 
 import ast
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from largebatch.config import load_config
 from largebatch.engine import train
 from largebatch.gradient.pipeline import TRANSFORM_ORDER, build_chain
-from largebatch.rundir import read_jsonl
+from largebatch.rundir import read_jsonl, read_metrics
 from largebatch.seeding import STREAMS, stream_seed
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "largebatch"
@@ -28,7 +27,7 @@ def test_steps_jsonl_is_written_every_log_every_steps(tmp_path, tiny_mnist1d_ove
         assert r["loss"] > 0 and r["grad_norm"] > 0 and r["examples_per_s"] > 0
         assert r["lr"] == pytest.approx(0.05)
     # the per-read loss averages the updates since the last read; together they are the epoch's
-    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split()]
+    metrics = read_metrics(tmp_path / "run")
     first = (rows[0]["loss"] * 3 + rows[1]["loss"] * 3 + rows[2]["loss"]) / 7
     assert first == pytest.approx(metrics[0]["running_loss"], rel=1e-9)
 
