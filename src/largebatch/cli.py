@@ -6,6 +6,7 @@
     largebatch report DIR... [--out DIR] [--target ACC]
     largebatch analyze {hessian,sharpness,interpolate,surface,noise-scale} ...
     largebatch download NAME [--root DIR]
+    largebatch bench [CONFIG] [--batch-sizes 32,64,...] [--steps N] [--out DIR]
     largebatch list
 
 Exit codes:
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list datasets, models and presets")
     p.set_defaults(func=cmd_list)
+
+    from largebatch.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     try:
         from largebatch.analysis.cli import add_analyze_parser
