@@ -4,7 +4,8 @@ Layout::
 
     RUN/
       config.yaml          the fully resolved config (every default written out)
-      env.json             versions, git commit, device, threads, world size, command line
+      env.json             versions, git commit, device, threads, world size, command line of the
+                           first start; ``history``: each --resume (time, command, host, ...)
       data.json            what the dataset builder reported (source, counts, split manifest hash)
       metrics.jsonl        one JSON object per epoch (see ``METRIC_KEYS``)
       steps.jsonl          every ``train.log_every_steps`` updates: loss, lr, gradient norm, ...
@@ -24,6 +25,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ EVALS = "evals.jsonl"
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and make it durable (a kill never leaves a half-written earlier line)."""
+    """Append one JSON line, durably (a kill never leaves a half-written earlier line)."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
@@ -180,3 +182,38 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+ENV = "env.json"
+
+
+def record_environment(
+    run_dir: Path, device: torch.device, world_size: int, resumed_at_step: int | None = None
+) -> dict[str, Any]:
+    """Write ``env.json`` on a run's first start; on each later start (``--resume``) keep the
+    original and append where, when and how it was resumed to its ``history`` list."""
+    path = Path(run_dir) / ENV
+    env = environment(device, world_size)
+    previous = None
+    if path.is_file():
+        try:
+            previous = read_json(path)
+        except (OSError, ValueError):
+            previous = None  # unreadable (cut by a kill before the atomic writes existed)
+    if not isinstance(previous, dict):
+        env["history"] = []
+        write_json(path, env)
+        return env
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": env["command"],
+        "hostname": env["hostname"],
+        "world_size": world_size,
+        "device": env["device"],
+        "largebatch": env["largebatch"],
+        "git": env["git"],
+        "resumed_at_step": resumed_at_step or 0,
+    }
+    previous.setdefault("history", []).append(entry)
+    write_json(path, previous)
+    return previous

@@ -209,7 +209,8 @@ def _write_start(run: Run, run_dir: Path, checkpoint: dict | None) -> float:
     for note in run.notes:
         print(note, file=sys.stderr)
     rundir.write_config(run_dir, run.cfg)
-    rundir.write_json(run_dir / "env.json", rundir.environment(run.device, run.dist.world_size))
+    resumed_at = int(checkpoint["step"]) if checkpoint else None
+    rundir.record_environment(run_dir, run.device, run.dist.world_size, resumed_at)
     rundir.write_json(run_dir / "data.json", run.data_record())
     wall_before = records.start_records(run_dir, checkpoint)
     epoch = int(checkpoint["epoch"]) if checkpoint else 0

@@ -2,12 +2,20 @@
 
 Only global rank 0 calls these (the other ranks never touch the run directory). Files are written
 atomically or appended with ``fsync``; see :mod:`largebatch.rundir` for the layout.
+
+On ``--resume`` the config may differ from the stored one only in :data:`RESUMABLE_CHANGES`.
+``train.epochs`` may change (extend or shorten a run) when the schedule's learning rates over the
+updates already done do not depend on the length: ``constant``, ``multistep`` (fixed milestones)
+and ``paper`` (its milestones 25, 40, 50, ... below the old length are those of any longer run),
+so the extended run is exactly the run of the new length. ``cosine`` decays over the whole run,
+so a new length is refused: resume with the stored length, or train the new length afresh.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,8 @@ from largebatch.config import Config, config_to_dict, resolved
 from largebatch.errors import UserError
 
 # Keys that may differ between a run's stored config and the one given with --resume: they
-# change where or how fast a run goes, or extend it, not what it computes up to now.
+# change where or how fast a run goes, or extend it, not what it computes up to now
+# (train.epochs: not under a schedule that depends on the length, LENGTH_DEPENDENT_SCHEDULES).
 RESUMABLE_CHANGES = {
     "train.epochs",
     "train.progress",
@@ -31,7 +40,10 @@ RESUMABLE_CHANGES = {
     "data.num_workers",
     "data.cache_dir",
 }
+LENGTH_DEPENDENT_SCHEDULES = {"cosine"}
 LOCK = ".lock"
+# What largebatch.checkpoint.atomic_write_bytes writes before its rename: ".<name>.tmp-<pid>".
+_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -76,7 +88,27 @@ def lock_run_dir(run_dir: Path) -> Any:
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
+    remove_stale_temp_files(run_dir)
     return handle
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an atomic write killed midway left (``.last.pt.tmp-<pid>``,
+    ``.summary.json.tmp-<pid>``, ...) in the run directory and its ``checkpoints/``.
+
+    Called with the run directory's lock held: no other training process writes there, so every
+    such file but this process's own is an orphan. ``analysis/`` is left alone (``largebatch
+    analyze`` may be writing there)."""
+    removed = []
+    for folder in (run_dir, run_dir / rundir.CHECKPOINT.parent):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            match = _TEMP_FILE.match(path.name)
+            if match and int(match.group(1)) != os.getpid() and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
@@ -94,6 +126,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
     stored = rundir.read_config(run_dir)
     changed = _config_diff(config_to_dict(resolved(stored)), config_to_dict(resolved(cfg)))
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if "train.epochs" in changed and not bad:
+        _check_length_change(stored, cfg, run_dir)
     if bad:
         raise UserError(
             f"--resume: the config differs from the one stored in {run_dir} in {', '.join(bad)}; "
@@ -103,6 +137,20 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
     if not ckpt_path.exists():
         return None
     return load_checkpoint(ckpt_path)
+
+
+def _check_length_change(stored: Config, cfg: Config, run_dir: Path) -> None:
+    schedule = stored.optim.schedule
+    if schedule not in LENGTH_DEPENDENT_SCHEDULES:
+        return
+    old, new = stored.train.epochs, cfg.train.epochs
+    raise UserError(
+        f"--resume: train.epochs changed from {old} to {new}, but the {schedule} schedule of the "
+        f"run in {run_dir} depends on the run's length (the updates already done had other "
+        f"learning rates than a {new}-epoch run would): resume with train.epochs={old}, or train "
+        f"{new} epochs afresh into another --out (constant, multistep and paper schedules may "
+        "be extended)"
+    )
 
 
 def start_records(run_dir: Path, checkpoint: dict | None) -> float:
