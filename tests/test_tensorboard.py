@@ -71,10 +71,9 @@ def test_missing_package_is_a_user_error_naming_the_install(
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
-    over = [f"{o}" for o in tiny_mnist1d_overrides]
-    code = main(
-        ["train", "mnist1d_mlp", *over, "train.tensorboard=true", "--out", str(tmp_path / "cli")]
-    )
+    out = str(tmp_path / "cli")
+    argv = ["train", "mnist1d_mlp", *tiny_mnist1d_overrides, "train.tensorboard=true"]
+    code = main([*argv, "--out", out])
     assert code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "pip install tensorboard" in err and "Traceback" not in err
