@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,33 @@ VERSION = 1
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated or not one of ours."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_GLOBAL = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+
+
+def _reason(error: BaseException) -> str:
+    """Torch's load error as one plain clause: no colour codes, no advice to turn
+    ``weights_only`` off, no multi-line help text."""
+    text = _ANSI.sub("", str(error))
+    found = _GLOBAL.search(text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}), not only tensors and plain data, and "
+            "loading it could run code, so it is refused (a largebatch checkpoint never does)"
+        )
+    if "Weights only load failed" in text:
+        detail = ""
+        for line in text.splitlines()[1:]:
+            line = line.strip()
+            if line and "weights_only" not in line and "http" not in line:
+                detail = line
+                break
+        return f"it is truncated or not a largebatch checkpoint ({detail or 'unreadable data'})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")[:160] or "empty or cut short"  # first sentence
+    return f"it is truncated or not a largebatch checkpoint ({type(error).__name__}: {first})"
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -67,9 +95,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
         raise CheckpointError(
-            f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'truncated'}); it is truncated or not a "
-            "largebatch checkpoint. Delete it to restart the run, or restore it from a copy."
+            f"{path} cannot be read as a checkpoint: {_reason(e)}. Delete it to restart the run, "
+            "or restore it from a copy."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
