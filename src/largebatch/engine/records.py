@@ -196,6 +196,29 @@ def write_summary(
     return summary
 
 
+def data_notes(dataset: str, info: dict[str, Any]) -> list[str]:
+    """One-line facts from the dataset builder's report that change what the run trains on, to
+    print at the start (they are also in ``data.json``): files skipped as unreadable
+    (``data.skip_corrupt``), and a Caltech101 tree without its official classes."""
+    notes = []
+    skipped = list(info.get("skipped_files") or [])
+    count = int(info.get("skipped_corrupt") or len(skipped))
+    if count:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        notes.append(
+            f"data: skipped {count} unreadable file(s) (data.skip_corrupt=true): {shown}; "
+            "the full list is in data.json"
+        )
+    if info.get("official_classes") is False:
+        official = 101 + (1 if info.get("keep_background") else 0)
+        notes.append(
+            f"data: {dataset} in {info.get('source')} has {info.get('num_classes')} classes, not "
+            f"the official {official}: an incomplete copy? (results are not comparable with the "
+            "paper's; largebatch download caltech101 fetches the full set)"
+        )
+    return notes
+
+
 def progress_bar(enabled: bool, total: int, epoch: int, epochs: int) -> Any:
     if not enabled:
         return None

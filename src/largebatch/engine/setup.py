@@ -19,6 +19,7 @@ from largebatch.config import Config
 from largebatch.data import DatasetBundle, build_dataset
 from largebatch.data.sampling import BatchPlan, plan_batches, steps_per_epoch
 from largebatch.distributed import DistContext
+from largebatch.engine.records import data_notes
 from largebatch.engine.swa import WeightAverage
 from largebatch.engine.update import UpdateParts
 from largebatch.errors import UserError
@@ -140,7 +141,7 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         dist.all_reduce_sum if dist.enabled else None,
     )
     setup = build_optimizer(model, cfg, lr, context)
-    notes = []
+    notes = data_notes(cfg.data.name, data.info)  # skipped files, missing classes
     if cfg.noise.kind != "isotropic":
         notes.append(calibrate(cfg, context).summary())
     n_steps = steps_per_epoch(
