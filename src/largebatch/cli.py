@@ -212,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or sweep folders")
     p.add_argument("--out", help="output folder (default: DIR/report for one DIR, else report)")
     p.add_argument("--target", type=float, help="val accuracy (%%) for steps-to-target")
+    p.add_argument(
+        "--gap",
+        nargs=2,
+        metavar=("SMALL", "LARGE"),
+        help="labels of the small- and large-batch settings: adds how much of the gap each "
+        "setting closes, paired by seed, with bootstrap intervals",
+    )
     p.set_defaults(func=_report)
 
     p = sub.add_parser("download", help="fetch a dataset's official files (needs a network)")

@@ -95,7 +95,11 @@ def _commits(runs: list[Run]) -> list[str]:
 
 
 def write_report(
-    dirs: list[str | Path], out: Path, target: float | None = None, title: str | None = None
+    dirs: list[str | Path],
+    out: Path,
+    target: float | None = None,
+    title: str | None = None,
+    gap: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``table.md``, ``report.json`` and the figures; return the numbers.
 
@@ -115,6 +119,11 @@ def write_report(
     target = default_target(groups) if target is None else target
     steps = steps_rows(groups, target) if not math.isnan(target) else []
     hessian = hessian_rows(groups)
+    gap_table = ""
+    if gap is not None:
+        from largebatch.report_gap import GAP_NOTE, format_gap_table, gap_rows
+
+        gap_table = format_gap_table(gap_rows(groups, *gap))
     figures = report_figures.draw_all(groups, rows, steps, hessian, target, out)
     seeds = sorted({r.seed for r in runs})
     commits = _commits(runs)
@@ -135,6 +144,8 @@ def write_report(
         table,
         "",
     ]
+    if gap_table:
+        text += [f"## Closing the gap: {gap[0]} vs {gap[1]}", "", GAP_NOTE, "", gap_table, ""]
     not_done = [(n, s) for r in rows for n, s in r["not_completed"].items()]
     if not_done:
         text += [
@@ -200,7 +211,7 @@ def write_report(
             acc = f"{100 * r.metrics[-1]['val_acc']:.2f}" if r.metrics else "–"
             text.append(f"| `{r.path}` | {g.label} | {r.seed} | {r.status} | {acc} |")
     (out / "report.md").write_text("\n".join(text) + "\n")
-    (out / "table.md").write_text(table + "\n")
+    (out / "table.md").write_text(table + "\n" + (f"\n{gap_table}\n" if gap_table else ""))
     result = {
         "rows": rows,
         "target": target,
@@ -230,7 +241,7 @@ def cmd_report(args: Any) -> int:
                 f"--target is a validation accuracy in percent (0, 100], got {args.target}"
             )
         target = args.target / 100
-    result = write_report(dirs, out, target)
+    result = write_report(dirs, out, target, gap=tuple(args.gap) if args.gap else None)
     print((out / "table.md").read_text(), end="")
     print(
         f"report: {out / 'report.md'} ({len(result['runs'])} runs; figures: "

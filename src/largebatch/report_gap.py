@@ -1,0 +1,189 @@
+"""How much of the generalization gap a fix closes, paired by seed, with bootstrap intervals.
+
+For a small-batch setting ``S``, a large-batch setting ``L`` and a fix ``F`` run with the same
+seeds (the seed fixes initialisation, data order and noise, so runs with one seed are paired),
+with ``a_X(s)`` the final validation accuracy of setting ``X`` at seed ``s``::
+
+    gap            = mean_s [a_S(s) - a_L(s)]
+    delta(F)       = mean_s [a_F(s) - a_L(s)]
+    closed(F)      = delta(F) / gap                 (1 = the whole gap, 0 = nothing, < 0 worse)
+
+The 95% intervals are percentile bootstrap intervals over seeds: the seeds present in all three
+settings are resampled with replacement (``resamples`` times, a fixed generator) and each
+statistic is recomputed on the resample, so the pairing is kept. With few seeds the interval is
+wide; it says how far the number can be trusted.
+
+Example::
+
+    >>> s = {0: 0.95, 1: 0.94, 2: 0.96}
+    >>> l = {0: 0.92, 1: 0.93, 2: 0.93}
+    >>> f = {0: 0.935, 1: 0.935, 2: 0.945}
+    >>> result = gap_closed(s, l, f)
+    >>> round(result.value, 3), result.n
+    (0.5, 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic over paired seeds, with its 95% bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        if self.n == 0 or not np.isfinite(self.value):
+            return "n/a"
+        v, lo, hi = (x * scale for x in (self.value, self.low, self.high))
+        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _common_seeds(*settings: dict[int, float]) -> list[int]:
+    seeds = set(settings[0])
+    for s in settings[1:]:
+        seeds &= set(s)
+    return sorted(seeds)
+
+
+def _bootstrap(
+    columns: np.ndarray, statistic, resamples: int = RESAMPLES, seed: int = 0
+) -> Estimate:
+    """``statistic(columns)`` and its percentile interval; ``columns`` is (seeds, k)."""
+    n = len(columns)
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    value = float(statistic(columns))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(resamples, n))
+    draws = np.array([statistic(columns[p]) for p in picks], dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if len(draws) == 0:
+        return Estimate(value, float("nan"), float("nan"), n)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Estimate(value, float(low), float(high), n)
+
+
+def paired_difference(
+    a: dict[int, float], b: dict[int, float], resamples: int = RESAMPLES
+) -> Estimate:
+    """``mean_s [a(s) - b(s)]`` over the seeds both have (``{seed: accuracy}``)."""
+    seeds = _common_seeds(a, b)
+    cols = np.array([[a[s], b[s]] for s in seeds], dtype=float).reshape(-1, 2)
+    return _bootstrap(cols, lambda c: np.mean(c[:, 0] - c[:, 1]), resamples)
+
+
+def gap_closed(
+    small: dict[int, float],
+    large: dict[int, float],
+    fix: dict[int, float],
+    resamples: int = RESAMPLES,
+) -> Estimate:
+    """The fraction of the gap ``small - large`` that ``fix`` recovers, paired by seed."""
+    seeds = _common_seeds(small, large, fix)
+    cols = np.array([[small[s], large[s], fix[s]] for s in seeds], dtype=float).reshape(-1, 3)
+
+    def closed(c: np.ndarray) -> float:
+        gap = np.mean(c[:, 0] - c[:, 1])
+        return float(np.mean(c[:, 2] - c[:, 1]) / gap) if gap != 0 else float("nan")
+
+    return _bootstrap(cols, closed, resamples)
+
+
+# ----------------------------------------------------------------------------------------------
+# The table a report shows (``largebatch report --gap SMALL LARGE``)
+
+
+def _final_acc(group) -> dict[int, float]:
+    return {r.seed: 100 * r.metrics[-1]["val_acc"] for r in group.completed}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _epoch_time(group) -> float:
+    return _mean([np.mean([m["epoch_time_s"] for m in r.metrics]) for r in group.completed])
+
+
+def _top_eigenvalue(group) -> tuple[float, int]:
+    tops = [r.hessian["values"]["eigenvalues"][0] for r in group.completed if r.hessian]
+    return _mean(tops), len(tops)
+
+
+def find_group(groups: list, label: str):
+    from largebatch.errors import UserError
+
+    for g in groups:
+        if g.label == label:
+            return g
+    raise UserError(
+        f"--gap: no setting labelled '{label}'; settings: {', '.join(g.label for g in groups)}"
+    )
+
+
+def gap_rows(groups: list, small_label: str, large_label: str) -> list[dict]:
+    """One row per setting: accuracy, paired difference to the large batch, fraction of the gap
+    closed, time per epoch relative to the large batch, top Hessian eigenvalue."""
+    small, large = find_group(groups, small_label), find_group(groups, large_label)
+    a_s, a_l = _final_acc(small), _final_acc(large)
+    t_l = _epoch_time(large)
+    rows = []
+    for g in groups:
+        acc = _final_acc(g)
+        values = list(acc.values())
+        top, n_top = _top_eigenvalue(g)
+        rows.append(
+            {
+                "setting": g.label,
+                "n": len(values),
+                "val_acc": _mean(values),
+                "val_acc_std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                "delta": paired_difference(acc, a_l),
+                "closed": gap_closed(a_s, a_l, acc),
+                "epoch_time_rel": _epoch_time(g) / t_l if t_l > 0 else float("nan"),
+                "updates": _mean([r.metrics[-1]["step"] for r in g.completed]),
+                "top_eigenvalue": top,
+                "top_eigenvalue_n": n_top,
+                "not_completed": len(g.runs) - len(g.completed),
+            }
+        )
+    return rows
+
+
+def format_gap_table(rows: list[dict]) -> str:
+    head = (
+        "| setting | n | val acc (%) | vs large batch (points) | gap closed | time/epoch vs "
+        "large | updates | top Hessian eigenvalue (n) |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        top = (
+            f"{r['top_eigenvalue']:.2f} ({r['top_eigenvalue_n']})" if r["top_eigenvalue_n"] else "–"
+        )
+        failed = f" ({r['not_completed']} not completed)" if r["not_completed"] else ""
+        lines.append(
+            f"| {r['setting']}{failed} | {r['n']} | {r['val_acc']:.2f} ± {r['val_acc_std']:.2f} | "
+            f"{r['delta'].format()} | {r['closed'].format(100, 0)}% | "
+            f"{r['epoch_time_rel']:.2f}x | {r['updates']:.0f} | {top} |"
+        )
+    return "\n".join(lines)
+
+
+GAP_NOTE = (
+    "Paired by seed (the seed fixes initialisation, data order and noise). 'vs large batch': "
+    "mean over seeds of (setting − large batch) final validation accuracy, 95% percentile "
+    "bootstrap interval over seeds. 'gap closed': that difference over the small − large "
+    "difference, same bootstrap (100% = the whole gap; negative = worse than the large batch). "
+    "Time per epoch: mean epoch_time_s relative to the large batch's, on the machine the runs "
+    "used. Top Hessian eigenvalue: mean over the runs with analysis/hessian.json."
+)
