@@ -57,11 +57,12 @@ def curves_figure(groups: list[Group]) -> Figure | None:
         return None
     fig = _figure(9.5, 4.8)
     ax = fig.add_axes((0.08, 0.12, 0.58, 0.8))
-    lows = []
+    lows, highs, last_epoch = [], [], 1
     for i, g in enumerate(drawn):
         color = COLORS[i % len(COLORS)]
         n_epochs = min(len(r.metrics) for r in g.completed)
         epochs = [g.completed[0].metrics[e]["epoch"] for e in range(n_epochs)]
+        last_epoch = max([last_epoch, *epochs])
         for key, style in (("train_acc", ":"), ("val_acc", "-")):
             per_epoch = [[100 * r.metrics[e][key] for r in g.completed] for e in range(n_epochs)]
             mean = [statistics.fmean(v) for v in per_epoch]
@@ -78,13 +79,17 @@ def curves_figure(groups: list[Group]) -> Figure | None:
                 lo = [m - s for m, s in zip(mean, std, strict=True)]
                 hi = [m + s for m, s in zip(mean, std, strict=True)]
                 ax.fill_between(epochs, lo, hi, color=color, alpha=0.15, lw=0)
-            lows.append(min(mean[len(mean) // 4 :] or mean))
+                mean = lo + hi  # the band is part of what must show
+            lows.append(min(mean))
+            highs.append(max(mean))
     n = sorted({len(g.completed) for g in drawn})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     ax.set(xlabel="epoch", ylabel="accuracy (%)")
     ax.set_title(f"mean over {seeds} seed(s), band ± 1 std", fontsize=10)
-    # Show every curve after its first quarter; the first epochs may start far below.
-    ax.set_ylim(max(0.0, min(lows) - 5), None)
+    # Every point of every curve (and band) shows: large-batch curves start and stay low, and
+    # cutting them hides the gap the figure is about. Epochs are counted from 1.
+    ax.set_ylim(max(0.0, min(lows) - 3), min(100.0, max(highs) + 3))
+    ax.set_xlim(1, max(last_epoch, 2))
     ax.grid(alpha=0.3)
     ax.plot([], [], ":", color="k", label="train (dotted)")
     ax.plot([], [], "-", color="k", label="validation (solid)")

@@ -65,10 +65,24 @@ def sharpness_figure(record: dict[str, Any]) -> Figure:
     return fig
 
 
+def _minor_log_label(ax: Any, value: float) -> str:
+    """A label for a minor tick (2..9 x 10^k) of a log y axis, or none: labels at 2, 3 and 5 up to
+    about a decade, at 2 and 5 up to 2.5 decades, none beyond (all of them would sit on top of
+    each other, as they did)."""
+    low, high = ax.get_ylim()
+    if low <= 0 or value <= 0:
+        return ""
+    decades = math.log10(high / low)
+    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+    if (decades <= 1.2 and mantissa in (2, 3, 5)) or (decades <= 2.5 and mantissa in (2, 5)):
+        return f"{value:.3g}"
+    return ""
+
+
 def interpolation_figure(record: dict[str, Any]) -> Figure:
     """Like the paper's Fig. 6: loss on a log scale (left), accuracy (right); train dotted,
     validation solid."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
     values = record["values"]
     alphas = values["alpha"]
@@ -81,7 +95,11 @@ def interpolation_figure(record: dict[str, Any]) -> Figure:
     ax.set_ylabel("cross-entropy (log scale)", color="tab:blue")
     plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # not 2.3x10^0 on a short log axis
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_log_label(ax, v)))
+    low, high = ax.get_ylim()
+    if 0 < low and high / low < 10**0.5:  # too short for ticks at 1..9 x 10^k: evenly spaced
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_minor_locator(NullLocator())
     acc = ax.twinx()
     acc.plot(alphas, [100 * a for a in values["train_accuracy"]], ":", color="tab:red")
     acc.plot(alphas, [100 * a for a in values["val_accuracy"]], "-", color="tab:red")
