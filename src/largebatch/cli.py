@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (the config must match the "
+        "stored one, except e.g. train.epochs: a run may be extended unless its schedule is "
+        "cosine)",
     )
     p.add_argument(
         "--stop-after",
