@@ -103,6 +103,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over repeats of ``a / b`` within the same repeat: the blocks of one repeat ran
+    back to back, so a slow spell of the machine cancels out of each ratio."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+
 # ----------------------------------------------------------------------------------------------
 # The engine's step and the plain reference
 
