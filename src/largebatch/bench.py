@@ -209,7 +209,7 @@ def markdown(rows: list[BenchRow], title: str, device: str, note: str) -> str:
 
 def figure(rows: list[BenchRow], title: str, device: str, path: Path) -> None:
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, ScalarFormatter
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_axes((0.14, 0.13, 0.82, 0.74))
@@ -221,12 +221,22 @@ def figure(rows: list[BenchRow], title: str, device: str, path: Path) -> None:
     fmt.set_scientific(False)
     ax.xaxis.set_major_formatter(fmt)
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    for r in rows:
+        ax.annotate(
+            f"{r.images_per_s:,.0f}",
+            (r.batch_size, r.images_per_s),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_ylim(bottom=0, top=1.12 * max(r.images_per_s for r in rows))
     ax.set_xlabel("global batch size")
     ax.set_ylabel("training images / s")
     ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    ax.set_title(device, fontsize=8)
+    ax.set_title(f"device: {device}", fontsize=8)
     fig.savefig(path, dpi=110)
 
 
