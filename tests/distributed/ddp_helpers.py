@@ -31,7 +31,13 @@ TINY = [
 NOISY = [*TINY, "noise.alpha=1e-3"]
 # A last partial batch of 33 (481 = 7 * 64 + 33): rank slices of 17 and 16 examples, cut into
 # micro-batches of 16, so the ranks run different numbers of micro-batches in that update.
-UNEVEN = [*TINY, "data.num_samples=700", "data.train_subset=481", "train.drop_last=false", "train.micro_batch_size=16"]
+UNEVEN = [
+    *TINY,
+    "data.num_samples=700",
+    "data.train_subset=481",
+    "train.drop_last=false",
+    "train.micro_batch_size=16",
+]
 # One update of a known LR: 64 training examples, one epoch, plain SGD (no momentum, no decay),
 # so the parameter difference noisy - quiet is exactly -lr * sigma_0 * n.
 ONE_STEP = [*TINY, "data.train_subset=64", "train.epochs=1", "optim.momentum=0"]
