@@ -80,12 +80,10 @@ class Progress:
     """Sum of per-example training losses in the epoch so far (device, float64, this rank)."""
     epoch_examples: int = 0
     epoch_time: float = 0.0
-    window_loss: torch.Tensor | None = None
-    """Loss sum since the last read (device)."""
+    window: list[torch.Tensor] = field(default_factory=list)
+    """Each update's loss sum since the last read (device tensors: nothing is read per update)."""
     window_examples: int = 0
     window_start: float = field(default_factory=time.perf_counter)
-    first_bad_step: torch.Tensor | None = None
-    """The first update whose loss was non-finite, or -1 (device; read with the loss)."""
     grad_norm: torch.Tensor | None = None
     """The gradient norm of the last update before a read (device)."""
     stop_requested: bool = False
@@ -334,35 +332,33 @@ def _train_epoch(run: Run, run_dir: Path, progress: Progress, stop: StopFlag) ->
 
 def _reset_epoch(progress: Progress, device: torch.device) -> None:
     progress.epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-    progress.window_loss = torch.zeros((), dtype=torch.float64, device=device)
-    progress.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    progress.window = []
     progress.epoch_examples = progress.window_examples = 0
     progress.epoch_time = 0.0
     progress.window_start = time.perf_counter()
 
 
 def _account(progress: Progress, loss_sum: torch.Tensor, examples: int) -> None:
-    """Add an update's loss to the device-side sums; flag a non-finite one (no host sync)."""
-    assert progress.epoch_loss is not None and progress.window_loss is not None
-    progress.epoch_loss += loss_sum
-    progress.window_loss += loss_sum
+    """Keep an update's loss (a device tensor) for the next read: no kernel, no host sync."""
+    progress.window.append(loss_sum)
     progress.epoch_examples += examples
     progress.window_examples += examples
-    bad = ~torch.isfinite(loss_sum) & (progress.first_bad_step < 0)
-    progress.first_bad_step = torch.where(bad, progress.step, progress.first_bad_step)
 
 
 def _read(run: Run, run_dir: Path, progress: Progress, stop: StopFlag, bar: Any) -> None:
     """Read the loss back (all ranks together): record it, raise :class:`Diverged` if it is not
     finite, and note whether a stop signal reached any rank."""
     dist = run.dist
-    assert progress.window_loss is not None and progress.first_bad_step is not None
+    assert progress.epoch_loss is not None and progress.window
+    losses = torch.stack(progress.window)  # (updates since the last read,)
+    window_sum = losses.sum()
+    progress.epoch_loss += window_sum
     signalled = torch.tensor(float(stop.signum is not None), dtype=torch.float64)
-    sums = dist.all_reduce_sum(torch.stack([progress.window_loss, signalled.to(run.device)]))
+    sums = dist.all_reduce_sum(torch.stack([window_sum, signalled.to(run.device)]))
     sums = sums.tolist()
     progress.stop_requested = sums[1] > 0
     loss = sums[0] / progress.window_examples
-    bad_step = _first_bad(dist, progress.first_bad_step)
+    bad_step = _first_bad(dist, losses, progress.step - len(losses))
     elapsed = max(time.perf_counter() - progress.window_start, 1e-9)
     lr = run.schedule(progress.step - 1)
     row = {
@@ -376,7 +372,7 @@ def _read(run: Run, run_dir: Path, progress: Progress, stop: StopFlag, bar: Any)
     if progress.grad_norm is not None:
         row["grad_norm"] = float(progress.grad_norm)
     if dist.is_main:
-        rundir.append_jsonl(run_dir / rundir.STEPS, row)
+        rundir.append_jsonl(run_dir / rundir.STEPS, row, durable=False)
         tensorboard.log(run_dir, "train", row, progress.step)
     if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", ex_s=f"{row['examples_per_s']:.0f}")
@@ -387,14 +383,17 @@ def _read(run: Run, run_dir: Path, progress: Progress, stop: StopFlag, bar: Any)
             f"epoch {progress.epoch + 1}) with lr {run.schedule(at - 1):g}; lower optim.lr, add "
             "warmup (optim.warmup_epochs) or use a smaller batch"
         )
-    progress.window_loss.zero_()
+    progress.window = []
     progress.window_examples = 0
     progress.window_start = time.perf_counter()
 
 
-def _first_bad(dist: DistContext, first_bad_step: torch.Tensor) -> int:
+def _first_bad(dist: DistContext, losses: torch.Tensor, first_step: int) -> int:
+    """``t`` of the first update (over all ranks) whose loss was not finite, or -1."""
     big = torch.iinfo(torch.int64).max
-    local = torch.where(first_bad_step < 0, big, first_bad_step).clone()
+    finite = torch.isfinite(losses)
+    index = torch.argmin(finite.to(torch.int64))  # the first non-finite one, if there is one
+    local = torch.where(finite.all(), big, index + first_step).to(torch.int64)
     value = int(dist.all_reduce_min(local))
     return -1 if value == big else value
 
@@ -429,7 +428,7 @@ def _eval_steps(run: Run, run_dir: Path, progress: Progress) -> None:
             "val_loss": val_loss,
             "val_acc": val_acc,
         }
-        rundir.append_jsonl(run_dir / rundir.EVALS, row)
+        rundir.append_jsonl(run_dir / rundir.EVALS, row, durable=False)
 
 
 def _model_to_evaluate(run: Run) -> torch.nn.Module:
