@@ -134,8 +134,7 @@ class DiagonalNoise(MicrobatchKind):
         previous, _ = self._pairs(self.views[1], grads)
         if not gs:
             return
-        torch._foreach_neg_(previous)
-        torch._foreach_add_(previous, gs)  # g_j / k
+        torch._foreach_sub_(previous, gs)  # -g_j / k: the sign goes with the square
         torch._foreach_addcmul_(squares, previous, previous, value=float(k * k))
         torch._foreach_copy_(previous, gs)
 
