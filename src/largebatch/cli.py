@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="small vs large batch vs large batch + noise on MNIST-1D")
+    p = sub.add_parser(
+        "demo", help="small vs large batch, + the paper's noise, + the best measured fix (MNIST-1D)"
+    )
     p.add_argument("--quick", action="store_true", help="a fast version (under 2 minutes)")
     p.add_argument("--out", help="output folder (default: runs/demo[-quick])")
     p.add_argument("--seeds", type=int, help="seeds per setting (default: 10, quick: 2)")
