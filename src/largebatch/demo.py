@@ -79,7 +79,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         closed = r["closed"]
         lines.append(
             f"- {r['setting']}: {r['val_acc']:.2f}%, {closed.format(100, 0)}% of the gap "
-            f"closed, {r['epoch_time_rel']:.2f}x the large batch's time per epoch: "
+            f"closed, {r['run_time_rel']:.2f}x the large batch's run time: "
             f"{_judge(closed)}."
         )
     return "\n".join(lines)
