@@ -29,6 +29,16 @@ COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:b
           "tab:pink", "tab:gray", "tab:olive", "tab:cyan")  # fmt: skip
 
 
+def _palette(n: int) -> list[Any]:
+    """``n`` distinguishable colours: the 10 above, or matplotlib's 20-colour map beyond 10."""
+    if n <= len(COLORS):
+        return list(COLORS)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
@@ -57,12 +67,14 @@ def curves_figure(groups: list[Group]) -> Figure | None:
         return None
     fig = _figure(9.5, 4.8)
     ax = fig.add_axes((0.08, 0.12, 0.58, 0.8))
-    lows, highs, last_epoch = [], [], 1
+    lows, highs, last_epoch, ends = [], [], 1, []
+    palette = _palette(len(drawn))
     for i, g in enumerate(drawn):
-        color = COLORS[i % len(COLORS)]
+        color = palette[i]
         n_epochs = min(len(r.metrics) for r in g.completed)
         epochs = [g.completed[0].metrics[e]["epoch"] for e in range(n_epochs)]
         last_epoch = max([last_epoch, *epochs])
+        ends.append(epochs[-1] if epochs else 1)
         for key, style in (("train_acc", ":"), ("val_acc", "-")):
             per_epoch = [[100 * r.metrics[e][key] for r in g.completed] for e in range(n_epochs)]
             mean = [statistics.fmean(v) for v in per_epoch]
@@ -90,6 +102,8 @@ def curves_figure(groups: list[Group]) -> Figure | None:
     # cutting them hides the gap the figure is about. Epochs are counted from 1.
     ax.set_ylim(max(0.0, min(lows) - 3), min(100.0, max(highs) + 3))
     ax.set_xlim(1, max(last_epoch, 2))
+    if max(ends) > 4 * min(ends):  # e.g. "train longer" beside equal-epoch runs: both readable
+        ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.plot([], [], ":", color="k", label="train (dotted)")
     ax.plot([], [], "-", color="k", label="validation (solid)")
