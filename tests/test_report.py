@@ -127,3 +127,24 @@ def test_sharpness_table_and_figure_from_hessian_records(tmp_path, capsys):
 def test_report_of_nothing_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_surfaces_side_by_side_from_surface_records(tmp_path):
+    coords = [-1.0, 0.0, 1.0]
+    for b, depth in ((64, 0.01), (1024, 0.1)):
+        for seed in (0, 1):
+            run = make_run(tmp_path / f"b{b}s{seed}", b, seed, [0.8, 0.9])
+            (run / "analysis").mkdir()
+            record = {"values": {"coords": coords, "loss": [2.0, depth * (1 + seed), 2.0]}}
+            (run / "analysis" / "surface_1d.json").write_text(json.dumps(record))
+    make_run(tmp_path / "b256s0", 256, 0, [0.8, 0.9])  # no surface: no panel
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    result = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert "surfaces.png" in result["figures"]
+    from largebatch.report_data import find_runs, group_runs
+    from largebatch.report_figures import surfaces_figure
+
+    fig = surfaces_figure(group_runs(find_runs([tmp_path])))
+    assert len(fig.axes) == 2  # one panel per setting that has surfaces
+    mean_line = fig.axes[1].lines[-1]
+    assert list(mean_line.get_ydata()) == pytest.approx([2.0, 0.15, 2.0])

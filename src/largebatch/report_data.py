@@ -68,6 +68,8 @@ class Run:
     data: dict[str, Any]
     hessian: dict[str, Any] | None = None
     label: str | None = None
+    surface: dict[str, Any] | None = None
+    """``analysis/surface_1d.json``, when ``largebatch analyze surface --dim 1`` ran."""
 
     @property
     def status(self) -> str:
@@ -116,6 +118,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
         _read_json(path / "data.json"),
         hessian,
         label,
+        _read_json(path / "analysis" / "surface_1d.json") or None,
     )
 
 

@@ -218,6 +218,32 @@ def sharpness_figure(groups: list[Group], hessian: list[dict[str, Any]]) -> Figu
     return fig
 
 
+def surfaces_figure(groups: list[Group]) -> Figure | None:
+    """Li et al.'s Fig. 3 form: each setting's 1-D filter-normalised loss curve
+    (``analysis/surface_1d.json``) in its own panel, side by side, on one loss axis; grey lines
+    are single runs, the black line their mean."""
+    drawn = [(g, [r.surface for r in g.completed if r.surface]) for g in groups]
+    drawn = [(g, curves) for g, curves in drawn if curves]
+    if not drawn:
+        return None
+    fig = _figure(2.6 * len(drawn) + 0.6, 3.2)
+    axes = fig.subplots(1, len(drawn), sharey=True, squeeze=False)[0]
+    for ax, (g, curves) in zip(axes, drawn, strict=True):
+        coords = curves[0]["values"]["coords"]
+        same = [c["values"]["loss"] for c in curves if c["values"]["coords"] == coords]
+        for loss in same:
+            ax.plot(coords, loss, color="tab:gray", lw=0.8, alpha=0.7)
+        mean = [statistics.fmean(v) for v in zip(*same, strict=True)]
+        ax.plot(coords, mean, color="k", lw=1.6)
+        ax.set_title(g.label, fontsize=8)
+        ax.set_xlabel("alpha (filter-normalised direction)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("training loss")
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    return fig
+
+
 def draw_all(
     groups: list[Group],
     rows: list[dict[str, Any]],
@@ -240,6 +266,11 @@ def draw_all(
             "sharpness.png",
             "top Hessian eigenvalue against lr/B and B",
             sharpness_figure(groups, hessian),
+        ),
+        (
+            "surfaces.png",
+            "1-D filter-normalised loss curves, side by side (Li et al., Fig. 3)",
+            surfaces_figure(groups),
         ),
     ):
         if fig is not None:
