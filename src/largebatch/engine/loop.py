@@ -242,8 +242,8 @@ def _train_loop(
             status, message = "diverged", str(e)
         except Stopped as e:
             _save(run, run_dir, progress, _mid_epoch_states(run, progress))
-            last_row = rundir.read_metrics(run_dir)[-1:] or [None]
-            last_row = last_row[0]
+            if dist.is_main:
+                last_row = (rundir.read_metrics(run_dir) or [None])[-1]
             status = "stopped"
             message = (
                 f"{e} at update {progress.step} (epoch {progress.epoch + 1}, "
