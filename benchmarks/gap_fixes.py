@@ -95,8 +95,8 @@ MNIST-1D (4000 train / 1000 validation), 1-D CNN + BatchNorm, SGD momentum 0.9, 
 B_S=32, 30 epochs for every setting (Hoffer's recipe: 16x the epochs), 10 seeds per setting
 paired by seed. Final-epoch validation accuracy. Top Hessian eigenvalue: 1024 training examples,
 BatchNorm in eval mode, Lanczos. The runs ran two at a time (1 thread each) beside other jobs on
-the 2 cores, so the time columns are indicative (+-30% between identical settings); the
-micro-batch kinds' and the penalty's costs are measured properly in "Gradient noise cost".
+the 2 cores, so the time columns are indicative (+-30% between identical settings); the noise
+kinds' costs are measured in isolation in "Gradient noise cost" (the penalty's is not).
 
 {table}
 
