@@ -123,6 +123,8 @@ def _series(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str, list[i
 def _line_label(groups: list[Group], idx: list[int], all_lines: int) -> str:
     if all_lines == 1:
         return "all settings"
+    if len(idx) > 1:  # a line through several batch sizes: name its ends
+        return f"{groups[idx[0]].label} .. {groups[idx[-1]].label}"
     parts = [p for p in groups[idx[0]].label.split(", ") if "batch_size" not in p]
     return ", ".join(parts) or groups[idx[0]].label
 
