@@ -33,7 +33,7 @@ def test_demo_writes_table_curves_and_report_and_reuses_runs(tmp_path, capsys):
     assert "alpha = 1e-05" in report and "## What it shows" in report
     assert "## Closing the gap: B=32 vs B=512, linear LR" in report
     # one seed: the verdict refuses to judge rather than print an interval of one point
-    assert report.count("one seed: no interval, no verdict") == 2
+    assert report.count("1 seed(s): too few for a bootstrap interval") == 2
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["final_val_acc"]["n"] for r in rows] == [1, 1, 1, 1]
     capsys.readouterr()
@@ -54,3 +54,4 @@ def test_verdicts_follow_the_paired_interval():
         == "no effect distinguishable from seed-to-seed variation"
     )
     assert _judge(Estimate(-2.0, -3.0, -1.0, 10)) == "makes the gap wider"
+    assert "too few" in _judge(Estimate(0.5, 0.2, 0.9, 2))

@@ -48,11 +48,17 @@ def spec_path() -> Path:
     return resolve_preset("sweeps/demo")
 
 
+MIN_SEEDS = 5  # below this a percentile bootstrap over seeds has too few distinct resamples
+
+
 def _judge(closed: Estimate) -> str:
     """Words for a fraction of the gap closed, from its paired 95% interval (the issue's goal
     for "the whole gap": at least 90%, with the interval's lower end above 50%)."""
-    if closed.n < 2:
-        return "one seed: no interval, no verdict"
+    if closed.n < MIN_SEEDS:
+        return (
+            f"{closed.n} seed(s): too few for a bootstrap interval to mean much, no verdict "
+            f"(run {MIN_SEEDS} or more)"
+        )
     if closed.low > 0:
         whole = closed.value >= 0.9 and closed.low > 0.5
         return "closes the whole gap" if whole else "closes part of the gap"
@@ -73,7 +79,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         f"validation accuracy: a gap of {gap.format()} points (paired by seed, 95% bootstrap "
         "interval).",
     ]
-    if gap.n >= 2 and gap.low <= 0:
+    if gap.n >= MIN_SEEDS and gap.low <= 0:
         lines.append("- On this data the large batch opens no gap beyond seed-to-seed variation.")
     for r in rows[2:]:
         closed = r["closed"]
