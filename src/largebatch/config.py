@@ -363,18 +363,18 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
     raw = _load_yaml(path) if path is not None else {}
-    raw = _normalise_yaml_floats(raw)
+    raw = normalise_yaml_floats(raw)
     cfg = config_from_dict(apply_overrides(raw, overrides or []))
     validate(cfg)
     return cfg
 
 
-def _normalise_yaml_floats(raw: Any) -> Any:
+def normalise_yaml_floats(raw: Any) -> Any:
     """YAML 1.1 (PyYAML) reads ``1e-5`` as a string; turn such strings into floats."""
     if isinstance(raw, dict):
-        return {k: _normalise_yaml_floats(v) for k, v in raw.items()}
+        return {k: normalise_yaml_floats(v) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [_normalise_yaml_floats(v) for v in raw]
+        return [normalise_yaml_floats(v) for v in raw]
     if isinstance(raw, str):
         try:
             return float(raw)

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from largebatch.config import normalise_yaml_floats
 from largebatch.errors import UserError
 
 SPEC_KEYS = (
@@ -91,20 +92,6 @@ def _name_value(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "._+-" else "-" for c in text)
 
 
-def _floats(raw: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads ``1e-5`` as a string; make such strings the numbers meant."""
-    if isinstance(raw, dict):
-        return {k: _floats(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_floats(v) for v in raw]
-    if isinstance(raw, str):
-        try:
-            return float(raw)
-        except ValueError:
-            return raw
-    return raw
-
-
 def _mapping(spec: Path, key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -154,7 +141,7 @@ def load_spec(
         raise UserError(f"sweep spec '{path}' is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise UserError(f"sweep spec '{path}' must be a mapping with at least 'base'")
-    raw = _floats(raw)
+    raw = normalise_yaml_floats(raw)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(SPEC_KEYS)}")
