@@ -46,6 +46,11 @@ def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
         ({"grid": {"train.batch": [32]}}, ["train.batch"]),
         ({"quick": {"epochs": 1}}, ["quick.epochs"]),
         ({"analyze": ["interpolate"]}, ["interpolate"]),
+        (
+            {"grid": {"train.global_batch_size": [32, 64]}, "interpolate": ["B=32", "B=64"]},
+            ["interpolate", "'B=32'", "global_batch_size=32"],
+        ),
+        ({"interpolate": "B=32"}, ["'interpolate' must be two setting labels"]),
     ],
 )
 def test_bad_spec_exits_2_naming_the_key(tmp_path, capsys, spec, words):
@@ -156,3 +161,22 @@ def test_a_diverged_run_is_recorded_and_the_others_go_on(tmp_path, capsys):
     before = files_of(out / "runs")
     assert main(["sweep", str(path), "--out", str(out)]) == 1
     assert files_of(out / "runs") == before
+
+
+def test_interpolate_draws_the_parametric_plot_per_seed_once(tmp_path, capsys):
+    runs = [
+        {"label": "small", "train.global_batch_size": 32},
+        {"label": "large", "train.global_batch_size": 128},
+    ]
+    spec = write_spec(tmp_path, runs=runs, seeds=1, interpolate=["small", "large"])
+    out = tmp_path / "s"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    record = json.loads((out / "interpolate" / "seed=0" / "interpolate.json").read_text())
+    assert len(record["values"]["alpha"]) == 31
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["interpolate"] == {"0": "done"}
+    before = (out / "interpolate" / "seed=0" / "interpolate.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0  # nothing to redo
+    after = (out / "interpolate" / "seed=0" / "interpolate.json").stat().st_mtime_ns
+    assert before == after

@@ -235,9 +235,40 @@ def run_sweep(
             rec["analyses"][key] = "done" if ok else "failed"
             say(f"analyze {key} {run.name}: {rec['analyses'][key]}")
             save()
+    if spec.interpolate is not None:
+        manifest["interpolate"] = _interpolate_pairs(spec, records, out, say)
     manifest["wall_s"] = round(time.time() - started, 2)
     save()
     return out, manifest
+
+
+def _interpolate_pairs(
+    spec: SweepSpec, records: dict[str, Any], out: Path, say: Any
+) -> dict[str, str]:
+    """``largebatch analyze interpolate A B`` for each seed both settings completed; skips pairs
+    already drawn. Returns ``{seed: done | failed}``."""
+    assert spec.interpolate is not None
+    label_a, label_b = spec.interpolate
+    by_seed: dict[int, dict[str, str]] = {}
+    for run in spec.runs:
+        if run.label in spec.interpolate and records[run.name]["status"] == "completed":
+            by_seed.setdefault(run.seed, {})[run.label] = run.name
+    result = {}
+    for seed, names in sorted(by_seed.items()):
+        if len(names) < 2:
+            continue
+        target = out / "interpolate" / f"seed={seed}"
+        if (target / "interpolate.json").exists():
+            result[str(seed)] = "done"
+            continue
+        cmd = [sys.executable, "-m", "largebatch", "analyze", "interpolate"]
+        cmd += [str(out / "runs" / names[label_a]), str(out / "runs" / names[label_b])]
+        log = out / "logs" / f"interpolate-seed={seed}.log"
+        with open(log, "a") as f:
+            code = subprocess.run([*cmd, "--out", str(target)], stdout=f, stderr=f).returncode
+        result[str(seed)] = "done" if code == 0 else "failed"
+        say(f"interpolate {label_a} -> {label_b}, seed {seed}: {result[str(seed)]}")
+    return result
 
 
 def sweep_failures(manifest: dict[str, Any]) -> list[str]:

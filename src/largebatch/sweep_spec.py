@@ -14,6 +14,8 @@ A sweep spec is a YAML file::
     seed_keys: [train.seed]         # the config keys that receive the seed (default: train.seed)
     quick: {seeds: 1, overrides: {train.epochs: 3}}   # the smoke form: fewer seeds/epochs
     analyze: ["hessian --top-k 1"]  # optional: `largebatch analyze ...` on every finished run
+    interpolate: ["B=32", "B=1024"] # optional: the parametric plot between two settings' runs
+                                    # of each seed, in SWEEP/interpolate/seed=S/
 
 :func:`load_spec` checks the spec whole before anything runs: unknown keys, a missing base config,
 an empty grid, seeds that are not integers and every run's config (through the config loader)
@@ -46,6 +48,7 @@ SPEC_KEYS = (
     "seed_keys",
     "quick",
     "analyze",
+    "interpolate",
 )
 QUICK_KEYS = ("seeds", "overrides")
 ANALYSES = ("hessian", "sharpness", "surface", "noise-scale")
@@ -71,6 +74,8 @@ class SweepSpec:
     runs: list[PlannedRun]
     analyze: list[list[str]] = field(default_factory=list)
     quick: bool = False
+    interpolate: tuple[str, str] | None = None
+    """Labels of two settings: the parametric plot between their runs of each seed."""
 
 
 def format_value(value: Any) -> str:
@@ -236,7 +241,23 @@ def load_spec(
             name = f"{setting_name},seed={seed}" if setting_name != "base" else f"seed={seed}"
             runs.append(PlannedRun(name, setting_name, label, seed, tuple(run_overrides)))
     name = raw.get("name") or path.stem
-    return SweepSpec(path, str(name), base, runs, analyze, quick)
+    pair = _interpolate(path, raw.get("interpolate"), [r.label for r in runs])
+    return SweepSpec(path, str(name), base, runs, analyze, quick, pair)
+
+
+def _interpolate(path: Path, value: Any, labels: list[str]) -> tuple[str, str] | None:
+    """``interpolate: [LABEL_A, LABEL_B]``: two settings' labels (as the report shows them)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise UserError(
+            f"{path}: 'interpolate' must be two setting labels, e.g. [\"B=32\", \"B=512\"]"
+        )
+    for v in value:
+        if v not in labels:
+            known = ", ".join(dict.fromkeys(labels))
+            raise UserError(f"{path}: interpolate: no setting labelled '{v}'; settings: {known}")
+    return value[0], value[1]
 
 
 def _analyses(path: Path, value: Any) -> list[list[str]]:
