@@ -180,3 +180,31 @@ def test_interpolate_draws_the_parametric_plot_per_seed_once(tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", str(out)]) == 0  # nothing to redo
     after = (out / "interpolate" / "seed=0" / "interpolate.json").stat().st_mtime_ns
     assert before == after
+
+
+@pytest.mark.parametrize(
+    ("base", "words"),
+    [
+        ("caltech101_fig4_b32.yaml", ["caltech101", "data.root"]),
+        ("fmnist_mlp.yaml", ["fashion_mnist"]),
+    ],
+)
+def test_missing_data_stops_the_sweep_before_any_run(tmp_path, capsys, base, words):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(ROOT / "configs" / base),
+                "overrides": {"data.root": str(empty)},
+                "grid": {"train.global_batch_size": [32, 64]},
+                "seeds": 2,
+            }
+        )
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0], err
+    assert all(w in err[0] for w in words), err[0]
+    assert not (tmp_path / "s").exists()  # nothing ran, no run failed six times

@@ -62,6 +62,30 @@ def _epochs(spec: SweepSpec, run: PlannedRun) -> int:
     return load_config(spec.base, list(run.overrides)).train.epochs
 
 
+def _check_data(spec: SweepSpec) -> None:
+    """Stop before anything runs when a dataset's files are missing: one :class:`DataError`
+    (the one ``largebatch train`` would print for every run) instead of every run failing.
+    Checks the datasets whose files can be found without reading them; the others are found
+    (or not) by the runs themselves."""
+    from largebatch.config import load_config
+
+    seen = set()
+    for run in spec.runs:
+        data = load_config(spec.base, list(run.overrides)).data
+        key = (data.name, data.root)
+        if key in seen:
+            continue
+        seen.add(key)
+        if data.name == "caltech101":
+            from largebatch.data.caltech101 import find_source
+
+            find_source(data.root)
+        elif data.name in ("mnist", "fashion_mnist"):
+            from largebatch.data.idx import find_files
+
+            find_files(data.name, data.root)
+
+
 def _device_is_cuda(spec: SweepSpec) -> bool:
     from largebatch.config import load_config
 
@@ -143,6 +167,7 @@ def run_sweep(
     )
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    _check_data(spec)
     cuda = _device_is_cuda(spec)
     workers = workers or 1
     threads = None if cuda or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
