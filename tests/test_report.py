@@ -151,3 +151,18 @@ def test_surfaces_side_by_side_from_surface_records(tmp_path):
         "global_batch_size=64": pytest.approx([2.0, 0.015, 2.0]),
         "global_batch_size=1024": pytest.approx([2.0, 0.15, 2.0]),
     }
+
+
+def test_a_grid_line_is_named_by_what_it_holds_fixed():
+    from largebatch.report_data import Group
+    from largebatch.report_figures import _line_label
+
+    grid = [
+        Group(f"lr={lr}, global_batch_size={b}", [], {}) for lr in (0.01, 0.03) for b in (64, 1024)
+    ]
+    assert _line_label(grid, [0, 1], 2) == "lr=0.01"  # not "lr=0.01, ... .. lr=0.01, ..."
+    assert _line_label(grid, [2, 3], 2) == "lr=0.03"
+    given = [Group("B=32", [], {}), Group("B=512, alpha=0", [], {}), Group("B=512, noise", [], {})]
+    assert _line_label(given, [0, 1], 2) == "B=32 .. B=512, alpha=0"  # hand labels: both ends
+    assert _line_label(given, [2], 2) == "B=512, noise"
+    assert _line_label(grid, [0, 1, 2, 3], 1) == "all settings"

@@ -104,6 +104,10 @@ def curves_figure(groups: list[Group]) -> Figure | None:
     ax.set_xlim(1, max(last_epoch, 2))
     if max(ends) > 4 * min(ends):  # e.g. "train longer" beside equal-epoch runs: both readable
         ax.set_xscale("log")
+    else:  # whole epochs: no 1.25, 1.5 ... ticks on a short run
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.plot([], [], ":", color="k", label="train (dotted)")
     ax.plot([], [], "-", color="k", label="validation (solid)")
@@ -123,10 +127,16 @@ def _series(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str, list[i
 def _line_label(groups: list[Group], idx: list[int], all_lines: int) -> str:
     if all_lines == 1:
         return "all settings"
-    if len(idx) > 1:  # a line through several batch sizes: name its ends
+
+    def rest(label: str) -> str:  # the label without its batch size (the x axis)
+        return ", ".join(p for p in label.split(", ") if "batch_size" not in p)
+
+    common = {rest(groups[i].label) for i in idx}
+    if len(common) == 1 and "" not in common:  # grid labels: "lr=0.01" names the whole line
+        return common.pop()
+    if len(idx) > 1:  # labels given per setting ("B=32", "B=512, alpha=0"): name its ends
         return f"{groups[idx[0]].label} .. {groups[idx[-1]].label}"
-    parts = [p for p in groups[idx[0]].label.split(", ") if "batch_size" not in p]
-    return ", ".join(parts) or groups[idx[0]].label
+    return rest(groups[idx[0]].label) or groups[idx[0]].label
 
 
 def batch_figure(groups: list[Group], rows: list[dict[str, Any]]) -> Figure | None:
