@@ -151,6 +151,9 @@ def test_surfaces_side_by_side_from_surface_records(tmp_path):
         "global_batch_size=64": pytest.approx([2.0, 0.015, 2.0]),
         "global_batch_size=1024": pytest.approx([2.0, 0.15, 2.0]),
     }
+    fig.canvas.draw()  # the loss axis reads as plain numbers (0.5, 1.0), not 5 x 10^-1
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert labels and not any("10^" in t or "times" in t for t in labels), labels
 
 
 def test_a_grid_line_is_named_by_what_it_holds_fixed():

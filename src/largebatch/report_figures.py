@@ -247,11 +247,17 @@ def surfaces_figure(groups: list[Group]) -> Figure | None:
             ax.plot(coords, loss, color="tab:gray", lw=0.8, alpha=0.7)
         mean = [statistics.fmean(v) for v in zip(*same, strict=True)]
         ax.plot(coords, mean, color="k", lw=1.6)
-        ax.set_title(g.label, fontsize=8)
+        ax.set_title(g.label.replace(", ", "\n"), fontsize=8)  # one key a line: no run-ins
         ax.set_xlabel("alpha (filter-normalised direction)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("training loss")
     axes[0].set_yscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    # plain numbers (0.6, 1, 2) at 1-2-5 steps, not 6 x 10^-1; minor ticks unlabelled
+    axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_formatter(ScalarFormatter())
+    axes[0].yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     return fig
 
