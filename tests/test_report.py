@@ -169,3 +169,21 @@ def test_a_grid_line_is_named_by_what_it_holds_fixed():
     assert _line_label(given, [0, 1], 2) == "B=32 .. B=512, alpha=0"  # hand labels: both ends
     assert _line_label(given, [2], 2) == "B=512, noise"
     assert _line_label(grid, [0, 1, 2, 3], 1) == "all settings"
+
+
+def test_perfect_scaling_is_named_only_where_a_line_draws_it(tmp_path):
+    from largebatch.report_data import find_runs, group_runs, steps_rows
+    from largebatch.report_figures import steps_figure
+
+    def legend(folder):
+        groups = group_runs(find_runs([folder]))
+        fig = steps_figure(groups, steps_rows(groups, 0.8), 0.8)
+        return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+    # one point per line (the lr differs with B, as in you_lars): no scaling line to name
+    make_run(tmp_path / "a" / "b64", 64, 0, [0.7, 0.85], lr=0.1)
+    make_run(tmp_path / "a" / "b256", 256, 0, [0.6, 0.82], lr=0.2)
+    assert not any("perfect scaling" in t for t in legend(tmp_path / "a"))
+    make_run(tmp_path / "b" / "b64", 64, 0, [0.7, 0.85])
+    make_run(tmp_path / "b" / "b256", 256, 0, [0.6, 0.82])
+    assert sum("perfect scaling" in t for t in legend(tmp_path / "b")) == 1

@@ -175,6 +175,7 @@ def steps_figure(groups: list[Group], steps: list[dict[str, Any]], target: float
     ax = fig.add_subplot(1, 1, 1)
     lines = _series(groups, steps)
     ys_all: list[float] = []
+    ideal_named = False
     for j, idx in enumerate(lines.values()):
         pts = sorted((steps[i]["batch"], steps[i]["steps"]) for i in idx if steps[i]["steps"]["n"])
         if not pts:
@@ -184,10 +185,13 @@ def steps_figure(groups: list[Group], steps: list[dict[str, Any]], target: float
         ys_all += ys
         color = COLORS[j % 10]
         ax.plot(xs, ys, "o-", color=color, label=_line_label(groups, idx, len(lines)))
+        if len(xs) < 2:  # one batch size: no scaling line to draw (nor to name in the legend)
+            continue
         ideal = [ys[0] * xs[0] / b for b in xs]
         ys_all += ideal
         ax.plot(xs, ideal, "--", color=color, alpha=0.5, lw=1,
-                label="perfect scaling (steps ∝ 1/B)" if j == 0 else None)  # fmt: skip
+                label=None if ideal_named else "perfect scaling (steps ∝ 1/B)")  # fmt: skip
+        ideal_named = True
     _log_axis(ax, "x", [s["batch"] for s in reached])
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
