@@ -208,3 +208,10 @@ def test_missing_data_stops_the_sweep_before_any_run(tmp_path, capsys, base, wor
     assert len(err) == 1 and "error:" in err[0], err
     assert all(w in err[0] for w in words), err[0]
     assert not (tmp_path / "s").exists()  # nothing ran, no run failed six times
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=str)
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_preset_and_its_quick_form_pass_the_spec_check(spec, quick):
+    # e.g. a quick form with fewer epochs than a setting's warmup is refused before anything runs
+    load_spec(spec, quick=quick)
