@@ -55,3 +55,12 @@ def test_report_cli_gap_table_and_unknown_label(tmp_path, tiny_mnist1d_overrides
     text = (out / "report.md").read_text()
     assert "## Closing the gap" in text and "| global_batch_size=64 | 2 |" in text
     assert main([*argv, "--gap", "B=32", "nope"]) == 2
+
+
+def test_format_shows_no_interval_for_one_seed_and_no_negative_zero():
+    from largebatch.report_gap import Estimate
+
+    assert Estimate(0.5, 0.5, 0.5, 1).format(100, 0) == "50 (1 seed)"
+    assert Estimate(-0.001, -0.004, 0.002, 10).format(100, 0) == "0 [0, 0]"
+    assert Estimate(0.5, 0.2, 0.8, 3).format() == "0.50 [0.20, 0.80]"
+    assert Estimate(float("nan"), 0, 0, 0).format() == "–"

@@ -42,10 +42,17 @@ class Estimate:
     n: int
 
     def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        """``value [low, high]``; the value alone for one seed (no interval to speak of)."""
         if self.n == 0 or not np.isfinite(self.value):
             return "–"
-        v, lo, hi = (x * scale for x in (self.value, self.low, self.high))
-        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+        def num(x: float) -> str:
+            text = f"{x * scale:.{digits}f}"
+            return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0"
+
+        if self.n == 1:
+            return f"{num(self.value)} (1 seed)"
+        return f"{num(self.value)} [{num(self.low)}, {num(self.high)}]"
 
 
 def _common_seeds(*settings: dict[int, float]) -> list[int]:
