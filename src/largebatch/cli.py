@@ -86,8 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(args.config)
     try:
         result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(completed=False)
+        raise
+    shutdown_distributed()
     signum = result.summary.get("signal")
     code = 128 + int(signum) if result.status == "stopped" and signum else 0
     if int(os.environ.get("RANK", "0")) != 0:

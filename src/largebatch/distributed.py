@@ -95,6 +95,12 @@ def init_distributed(device_kind: str) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(completed: bool = True) -> None:
+    """Leave the process group. After a run that ended the same way on every rank
+    (``completed``), the ranks first meet at a barrier, so the rank hosting the rendezvous store
+    never tears it down while another still uses it; after an error on one rank (the others may
+    be inside a collective) the group is destroyed without waiting, and torchrun stops the rest."""
     if dist.is_available() and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()

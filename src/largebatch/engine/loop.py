@@ -21,6 +21,7 @@ flight: a checkpoint at that exact point, status ``stopped``; ``--resume`` conti
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import sys
@@ -175,6 +176,10 @@ def train(
     finally:
         if lock is not None:
             lock.close()
+        # Free the DDP wrapper (and the collectives' buffers it holds) now, while the process
+        # group is alive: freed later, at interpreter exit, gloo's threads can abort the process.
+        run = None  # noqa: F841
+        gc.collect()
 
 
 def _check_names(cfg: Config) -> None:
