@@ -251,7 +251,7 @@ def _interpolate(path: Path, value: Any, labels: list[str]) -> tuple[str, str] |
         return None
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
         raise UserError(
-            f"{path}: 'interpolate' must be two setting labels, e.g. [\"B=32\", \"B=512\"]"
+            f'{path}: \'interpolate\' must be two setting labels, e.g. ["B=32", "B=512"]'
         )
     for v in value:
         if v not in labels:
