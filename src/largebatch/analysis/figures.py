@@ -32,9 +32,14 @@ def hessian_figure(record: dict[str, Any]) -> Figure:
     fig = new_figure(4.2 * panels, 3.6)
     eigenvalues = values["eigenvalues"]
     ax = fig.add_subplot(1, panels, 1)
-    ax.plot(range(1, len(eigenvalues) + 1), eigenvalues, "o-")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ranks = list(range(1, len(eigenvalues) + 1))
+    ax.plot(ranks, eigenvalues, "o-")
+    ax.set_xticks(ranks if len(ranks) <= 10 else ranks[:: max(1, len(ranks) // 10)])
+    ax.set_xlim(0.5, len(ranks) + 0.5)
     ax.set(xlabel="rank", ylabel="eigenvalue", title=f"top-{len(eigenvalues)} Hessian eigenvalues")
+    for r, v in zip(ranks, eigenvalues, strict=True):
+        if len(ranks) <= 5:  # a few points: their values, readable at a glance
+            ax.annotate(f"{v:.4g}", (r, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax = fig.add_subplot(1, panels, 2)
     history = values["eigen_history"]
     ax.plot(range(1, len(history) + 1), history)
