@@ -42,6 +42,7 @@ from common import (
     machine,
     median,
     plain_like,
+    plain_sgd,
     set_threads,
     throughput,
     write_section,
@@ -75,14 +76,7 @@ def ddp_run(run: Run, accumulation: int) -> Run:
     wrapped = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
-    o = run.cfg.optim
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=run.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        foreach=True,
-    )
+    optimizer = plain_sgd(model, run)
     parts = dataclasses.replace(run.parts, model=wrapped, optimizer=optimizer, ddp=True)
     b = run.plan.global_batch_size
     plan = plan_batches(b, b // accumulation, 1)

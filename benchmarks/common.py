@@ -163,20 +163,25 @@ class PlainSteps:
             loss.item()
 
 
-def plain_like(run: Run, read_loss: bool = False) -> PlainSteps:
-    """A plain loop on a copy of ``run``'s model (same weights), SGD with the run's momentum,
-    over the run's training data in the same epoch order."""
-    model = copy.deepcopy(run.model)
-    if run.cfg.train.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+def plain_sgd(model: torch.nn.Module, run: Run) -> torch.optim.SGD:
+    """One-group torch SGD with the run's scaled LR, momentum and weight decay."""
     o = run.cfg.optim
-    optimizer = torch.optim.SGD(
+    return torch.optim.SGD(
         model.parameters(),
         lr=run.lr,
         momentum=o.momentum,
         weight_decay=o.weight_decay,
         foreach=True,
     )
+
+
+def plain_like(run: Run, read_loss: bool = False) -> PlainSteps:
+    """A plain loop on a copy of ``run``'s model (same weights), SGD with the run's momentum,
+    over the run's training data in the same epoch order."""
+    model = copy.deepcopy(run.model)
+    if run.cfg.train.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    optimizer = plain_sgd(model, run)
     split, b = run.data.train, run.plan.global_batch_size
     state = {"batches": [], "i": 0, "epoch": 0}
 
