@@ -15,6 +15,8 @@ import torch
 
 from largebatch.config import Config, load_config
 
+from ..conftest import TINY_MNIST1D
+
 ON_CPU = os.environ.get("LARGEBATCH_GPU_TESTS_ON_CPU") == "1"
 DEVICE = "cpu" if ON_CPU else "cuda"
 
@@ -43,22 +45,7 @@ def no_tf32():
 
 def tiny_config(*extra: str) -> Config:
     """A small MNIST-1D MLP run on the tier's device (600 examples: 7 updates an epoch)."""
-    return load_config(
-        None,
-        [
-            "data.name=mnist1d",
-            "data.num_samples=600",
-            "model.name=mlp",
-            "model.hidden=[32,32]",
-            "train.epochs=2",
-            "train.global_batch_size=64",
-            "train.progress=false",
-            f"train.device={DEVICE}",
-            "optim.lr=0.05",
-            "optim.base_batch_size=64",
-            *extra,
-        ],
-    )
+    return load_config(None, [*TINY_MNIST1D, f"train.device={DEVICE}", *extra])
 
 
 def image_tree(root: Path, classes: int = 3, per_class: int = 12) -> Path:
