@@ -132,6 +132,10 @@ class TrainConfig:
     ``metrics.jsonl`` and saved as ``swa_model`` in the checkpoint. None: off."""
     swa_every_steps: int | None = None
     """SWA: updates between averagings. None: once per epoch, at its end."""
+    label_smoothing: float = 0.0
+    """Label smoothing ``eps`` of the training loss: cross-entropy against ``(1 - eps) onehot(y)
+    + eps / C``. Evaluation (``metrics.jsonl`` losses) stays plain cross-entropy, so losses
+    compare across runs with and without it; ``steps.jsonl`` records the smoothed objective."""
     checkpoint_every_epochs: int = 1
     """Write ``checkpoints/last.pt`` every N epochs (and always at the end)."""
     progress: bool | None = None
@@ -180,8 +184,25 @@ class OptimConfig:
     grad_penalty: float = 0.0
     """lambda of the micro-batch gradient-norm penalty (Smith et al. 2021, Geiping et al. 2022):
     each update minimises ``L + lambda/(4k) sum_j |grad L_j|^2`` over its ``k`` micro-batches
-    (``train.micro_batch_size``), SGD's implicit regulariser at that batch made explicit. Double
-    backward: about 2-3x the cost of an update. One process only. 0: off."""
+    (``train.micro_batch_size``), SGD's implicit regulariser at that batch made explicit, by a
+    double backward or a finite difference (``grad_penalty_form``). 0: off."""
+    grad_penalty_form: str = "double_backward"
+    """How the penalty's gradient is made: ``double_backward`` (exact; about 2-3x an update; one
+    process, no ``torch.compile``) or ``finite_difference`` (``grad L_j(theta + (lambda/2)
+    grad L_j)``, exact to first order in lambda: 2 forward-backward passes, no double backward,
+    so it runs under DDP and ``torch.compile``)."""
+    sam: str = "none"
+    """Sharpness-aware gradient (:mod:`largebatch.optim.sam`): ``none``; ``sam`` (Foret et al.
+    2021: the gradient at ``theta + rho g/|g|``, ``g`` this rank's batch gradient; 2 passes);
+    ``msam`` (m-sharpness: each micro-batch, ``train.micro_batch_size``, perturbed by its own
+    gradient; 2 passes); ``momentum`` (Momentum-SAM, Becker et al. 2024: the gradient at
+    ``theta - rho v/|v|``, ``v`` the momentum buffer; no extra pass)."""
+    sam_rho: float | None = None
+    """The perturbation's radius. None: 0.05 for sam and msam, 0.3 for momentum (the papers'
+    defaults for SGD); the unnormalised form's ``r`` is in weight units per gradient unit."""
+    sam_normalize: bool = True
+    """sam / msam: ``e = rho g/|g|`` (True) or ``e = rho g`` (False: the finite difference of the
+    gradient-norm penalty with ``lambda = 2 rho``)."""
 
 
 @dataclass
@@ -400,6 +421,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 NOISE_PLACEMENTS = ("gradient", "update")
 NOISE_KINDS = ("isotropic", "microbatch", "diagonal", "multiplicative")
 NOISE_MATCHES = ("epoch", "step")
+SAM_KINDS = ("none", "sam", "msam", "momentum")
+SAM_DEFAULT_RHO = {"sam": 0.05, "msam": 0.05, "momentum": 0.3}
+PENALTY_FORMS = ("double_backward", "finite_difference")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:(0|[1-9][0-9]*))?")
 """The device forms a config accepts; whether the device exists is checked when a run starts."""
 
@@ -490,6 +514,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.nesterov: the larc form has no Nesterov variant; use another form")
     _positive("optim.grad_clip_norm", o.grad_clip_norm)
     _positive("optim.grad_penalty", o.grad_penalty, allow_zero=True)
+    _check_sharpness(t, o, n)
     _positive("train.swa_start_epoch", t.swa_start_epoch, allow_zero=True)
     _positive("train.swa_every_steps", t.swa_every_steps)
     if t.swa_start_epoch is not None and t.swa_start_epoch >= run_epochs(t, o):
@@ -510,6 +535,66 @@ def validate(cfg: Config) -> None:
         )
     if n.kind != "isotropic" and n.placement != "gradient":
         raise ConfigError(f"noise.placement=update is for the isotropic kind only, not {n.kind}")
+
+
+def _check_sharpness(train: TrainConfig, optim: OptimConfig, noise: NoiseConfig) -> None:
+    """Label smoothing, the penalty's form and the sharpness-aware kinds: ranges, and every
+    combination in which a key would do nothing or could not run."""
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {train.label_smoothing}")
+    _choice("optim.grad_penalty_form", optim.grad_penalty_form, PENALTY_FORMS)
+    _choice("optim.sam", optim.sam, SAM_KINDS)
+    _positive("optim.sam_rho", optim.sam_rho)
+    double_backward = optim.grad_penalty > 0 and optim.grad_penalty_form == "double_backward"
+    if optim.grad_penalty == 0 and optim.grad_penalty_form != "double_backward":
+        raise ConfigError(
+            "optim.grad_penalty_form has no effect without optim.grad_penalty > 0; set both"
+        )
+    if double_backward and train.compile:
+        raise ConfigError(
+            "optim.grad_penalty with train.compile=true: torch.compile cannot run the double "
+            "backward; set optim.grad_penalty_form=finite_difference (2 passes, same penalty to "
+            "first order) or train.compile=false"
+        )
+    if optim.grad_penalty > 0 and not double_backward and noise.kind != "isotropic":
+        raise ConfigError(
+            f"noise.kind={noise.kind} draws from the micro-batches, which the finite-difference "
+            "penalty passes over twice; use noise.kind=isotropic or "
+            "optim.grad_penalty_form=double_backward"
+        )
+    if optim.sam == "none":
+        if optim.sam_rho is not None or not optim.sam_normalize:
+            key = "optim.sam_rho" if optim.sam_rho is not None else "optim.sam_normalize"
+            raise ConfigError(f"{key} has no effect with optim.sam=none; choose optim.sam")
+        return
+    if optim.grad_penalty > 0:
+        raise ConfigError(
+            f"optim.sam={optim.sam} and optim.grad_penalty are two regularisers of the same "
+            "gradient; use one (the penalty's finite-difference form is "
+            "optim.sam=msam with optim.sam_normalize=false)"
+        )
+    if optim.sam == "momentum":
+        if optim.momentum == 0:
+            raise ConfigError(
+                "optim.sam=momentum perturbs along the momentum buffer; set optim.momentum > 0"
+            )
+        if not optim.sam_normalize:
+            raise ConfigError(
+                "optim.sam_normalize=false is for sam and msam; Momentum-SAM's perturbation is "
+                "always rho v/|v|"
+            )
+    elif noise.kind != "isotropic":
+        raise ConfigError(
+            f"noise.kind={noise.kind} draws from the micro-batches, which optim.sam={optim.sam} "
+            "passes over twice; use noise.kind=isotropic or optim.sam=momentum"
+        )
+
+
+def sam_rho(optim: OptimConfig) -> float:
+    """``optim.sam_rho``, or its kind's default when None."""
+    if optim.sam_rho is not None:
+        return optim.sam_rho
+    return SAM_DEFAULT_RHO.get(optim.sam, 0.0)
 
 
 def run_epochs(train: TrainConfig, optim: OptimConfig) -> int:

@@ -15,18 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from largebatch.config import Config
+from largebatch.config import Config, sam_rho
 from largebatch.data import DatasetBundle, build_dataset
 from largebatch.data.sampling import BatchPlan, plan_batches, steps_per_epoch
 from largebatch.distributed import DistContext
 from largebatch.engine.records import data_notes
 from largebatch.engine.swa import WeightAverage
-from largebatch.engine.update import UpdateParts
+from largebatch.engine.update import Sharpness, UpdateParts
 from largebatch.errors import UserError
 from largebatch.gradient.base import TransformChain
 from largebatch.gradient.pipeline import ChainContext, calibrate
 from largebatch.models.assembly import assemble_model
 from largebatch.optim import build_optimizer, build_schedule, scale_lr
+from largebatch.optim.perturbation import batchnorm_modules
 from largebatch.optim.schedules import Schedule
 
 
@@ -83,10 +84,15 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_distributed(cfg: Config, dist: DistContext, device: torch.device) -> None:
-    if dist.enabled and cfg.optim.grad_penalty:
+    if (
+        dist.enabled
+        and cfg.optim.grad_penalty
+        and cfg.optim.grad_penalty_form != ("finite_difference")
+    ):
         raise UserError(
             "optim.grad_penalty needs a double backward, which DistributedDataParallel does not "
-            "reduce; run it in one process (train.micro_batch_size sets the micro-batches)"
+            "reduce; set optim.grad_penalty_form=finite_difference (2 passes, runs under DDP) or "
+            "run it in one process"
         )
     if dist.enabled and cfg.model.sync_batchnorm and device.type != "cuda":
         # PyTorch's SyncBatchNorm only runs on GPUs; without this check DDP raises a ValueError.
@@ -106,6 +112,41 @@ def load_data(cfg: Config, plan: BatchPlan, device: torch.device) -> DatasetBund
             "or train.drop_last=false"
         )
     return data
+
+
+def sharpness(cfg: Config, plan: BatchPlan) -> Sharpness | None:
+    """The sharpness-aware gradient of ``optim.sam``, or of the penalty's finite-difference form
+    (m-SAM with ``e_j = (lambda / 2) grad L_j``); None for neither."""
+    o = cfg.optim
+    if o.grad_penalty > 0 and o.grad_penalty_form == "finite_difference":
+        return Sharpness("msam", o.grad_penalty / 2, normalize=False)
+    if o.sam == "none":
+        return None
+    if o.sam == "msam" and plan.accumulation_steps < 2:
+        raise UserError(
+            f"optim.sam=msam perturbs each micro-batch by its own gradient, but each device's "
+            f"{plan.per_device_batch_size} examples are one micro-batch: set "
+            f"train.micro_batch_size to a smaller divisor of it (e.g. "
+            f"{max(1, plan.per_device_batch_size // 2)}), or use optim.sam=sam"
+        )
+    return Sharpness(o.sam, sam_rho(o), o.sam_normalize)
+
+
+def check_ghost_batchnorm(cfg: Config, plan: BatchPlan, model: nn.Module) -> None:
+    """``model.ghost_batch_size`` that changes nothing is refused, not ignored."""
+    ghost = cfg.model.ghost_batch_size
+    if ghost is None:
+        return
+    if not batchnorm_modules(model):
+        raise UserError(
+            f"model.ghost_batch_size={ghost}: model {cfg.model.name} has no BatchNorm to split; "
+            "remove the key or use a model with BatchNorm (model.batchnorm=true)"
+        )
+    if ghost >= plan.micro_batch_size:
+        raise UserError(
+            f"model.ghost_batch_size={ghost} is not smaller than the {plan.micro_batch_size} "
+            "examples of each forward: it would be plain BatchNorm; use a smaller ghost batch"
+        )
 
 
 def wrap_for_training(model: nn.Module, cfg: Config, dist: DistContext) -> nn.Module:
@@ -128,6 +169,7 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
     plan = plan_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dist.world_size)
     data = load_data(cfg, plan, device)
     model = assemble_model(cfg, data.input_shape, data.num_classes, device, dist.enabled)
+    check_ghost_batchnorm(cfg, plan, model)
     lr = scale_lr(
         cfg.optim.lr, cfg.optim.base_batch_size, plan.global_batch_size, cfg.optim.scaling
     )
@@ -159,7 +201,11 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         amp=cfg.train.amp,
         channels_last=cfg.train.channels_last,
         ddp=dist.enabled,
-        grad_penalty=cfg.optim.grad_penalty,
+        grad_penalty=cfg.optim.grad_penalty
+        if cfg.optim.grad_penalty_form == "double_backward"
+        else 0.0,
+        label_smoothing=cfg.train.label_smoothing,
+        sharpness=sharpness(cfg, plan),
     )
     swa = None
     if cfg.train.swa_start_epoch is not None:
