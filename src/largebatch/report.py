@@ -119,11 +119,13 @@ def write_report(
     target = default_target(groups) if target is None else target
     steps = steps_rows(groups, target) if not math.isnan(target) else []
     hessian = hessian_rows(groups)
-    gap_table = ""
+    gap_table = gap_kind = ""
     if gap is not None:
-        from largebatch.report_gap import GAP_NOTE, format_gap_table, gap_rows
+        from largebatch.compare.kind import diagnose_groups, format_diagnosis
+        from largebatch.report_gap import GAP_NOTE, find_group, format_gap_table, gap_rows
 
         gap_table = format_gap_table(gap_rows(groups, *gap))
+        gap_kind = format_diagnosis(diagnose_groups(*(find_group(groups, g) for g in gap)))
     figures = report_figures.draw_all(groups, rows, steps, hessian, target, out)
     seeds = sorted({r.seed for r in runs})
     commits = _commits(runs)
@@ -145,7 +147,8 @@ def write_report(
         "",
     ]
     if gap_table:
-        text += [f"## Closing the gap: {gap[0]} vs {gap[1]}", "", GAP_NOTE, "", gap_table, ""]
+        text += [f"## Closing the gap: {gap[0]} vs {gap[1]}", "", "### What kind of gap", ""]
+        text += [gap_kind, "", "### What each setting closes", "", GAP_NOTE, "", gap_table, ""]
     not_done = [(n, s) for r in rows for n, s in r["not_completed"].items()]
     if not_done:
         text += [
@@ -211,7 +214,9 @@ def write_report(
             acc = f"{100 * r.metrics[-1]['val_acc']:.2f}" if r.metrics else "–"
             text.append(f"| `{r.path}` | {g.label} | {r.seed} | {r.status} | {acc} |")
     (out / "report.md").write_text("\n".join(text) + "\n")
-    (out / "table.md").write_text(table + "\n" + (f"\n{gap_table}\n" if gap_table else ""))
+    (out / "table.md").write_text(
+        table + "\n" + (f"\n{gap_kind}\n\n{gap_table}\n" if gap_table else "")
+    )
     result = {
         "rows": rows,
         "target": target,
