@@ -161,6 +161,12 @@ def _report(args: argparse.Namespace) -> int:
     return cmd_report(args)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from largebatch.compare.protocol import cmd_compare
+
+    return cmd_compare(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="largebatch",
@@ -228,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         "setting closes, paired by seed, with bootstrap intervals",
     )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="pick the fix for a large batch's gap: diagnose, screen, promote, confirm on fresh "
+        "seeds (resumable)",
+    )
+    p.add_argument("spec", help="comparison spec (YAML; presets in configs/compare/)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. data.root=DIR"
+    )
+    p.add_argument("--out", help="folder (default: runs/compare/<name>[-quick])")
+    p.add_argument(
+        "--workers", type=int, help="runs at once (default 1; on a CPU threads are split)"
+    )
+    p.add_argument("--quick", action="store_true", help="the spec's smoke form")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("download", help="fetch a dataset's official files (needs a network)")
     p.add_argument("name", help="fashion_mnist | mnist | cifar10 | cifar100 | caltech101")
