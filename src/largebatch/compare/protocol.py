@@ -209,6 +209,13 @@ class Protocol:
             if not math.isnan(value) and (kept is None or value > screen[kept.label][0]):
                 best[v.candidate] = v
         if not best:
+            over = [v.label for v in variants if times[v.label] > spec.max_time]
+            if over:
+                raise UserError(
+                    f"no candidate variant completed within the time budget (max_time="
+                    f"{spec.max_time:g}x the large batch's time per epoch; over it: "
+                    f"{', '.join(over)}); raise max_time in the spec or add cheaper candidates"
+                )
             raise UserError("every candidate variant failed on the screen seeds; see the logs")
         ranked = sorted(best.values(), key=lambda v: (-screen[v.label][0], v.passes))
         promoted = ranked[: spec.promote]

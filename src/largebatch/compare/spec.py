@@ -50,6 +50,7 @@ SPEC_KEYS = (
     "promote",
     "families",
     "max_passes",
+    "max_time",
     "candidates",
     "quick",
 )

@@ -33,8 +33,6 @@ Example::
 
     >>> import torch
     >>> from largebatch.gradient.base import TransformChain, UpdateInfo
-from largebatch.optim.perturbation import Perturbation, ascent_scale, frozen_batchnorm
-from largebatch.optim.sam import momentum_buffers
     >>> model = torch.nn.Linear(4, 3)
     >>> parts = UpdateParts(model, torch.optim.SGD(model.parameters(), lr=0.1), TransformChain([]))
     >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
@@ -169,9 +167,9 @@ def _pass(
     with no_sync:
         with autocast(x.device, parts.amp):
             logits = parts.model(x)
-        losses = F.cross_entropy(
-            logits.float(), y, reduction="none", label_smoothing=parts.label_smoothing
-        )
+        # bf16 / fp16 logits in fp32; a float64 model keeps its precision
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=parts.label_smoothing)
         weights = parts.chain.loss_weights(len(y), losses.device, info)
         weighted = losses if weights is None else losses * weights
         objective = weighted.sum()

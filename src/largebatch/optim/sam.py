@@ -145,6 +145,10 @@ class _Wrapper(torch.optim.Optimizer):
         self._share()
         if mine is not None:
             self.rho = float(mine["rho"])
+            self._load_extra_state(mine)
+
+    def _load_extra_state(self, mine: dict[str, Any]) -> None:
+        pass
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "base"):
@@ -197,6 +201,9 @@ class SAM(_Wrapper):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"normalize": self.normalize}
+
+    def _load_extra_state(self, mine: dict[str, Any]) -> None:
+        self.normalize = bool(mine.get("normalize", self.normalize))
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = True, loss_scale: float = 1.0) -> None:
