@@ -17,6 +17,8 @@ PUBLIC_MODULES = [
     "largebatch.gradient.base",
     "largebatch.gradient.noise",
     "largebatch.optim.lars",
+    "largebatch.optim.perturbation",
+    "largebatch.optim.sam",
     "largebatch.optim.scaling",
     "largebatch.optim.schedules",
 ]

@@ -79,7 +79,8 @@ def test_drop_in_section_has_a_block_per_piece():
     for piece in ("GradientNoise", "MicrobatchNoise", "LARS", "convert_to_ghost_batchnorm"):
         assert piece in joined, piece
     assert "scale_lr" in joined and "as_lambda_lr" in joined
-    assert len(DROP_IN) == 5
+    assert "SAM" in joined and "MomentumSAM" in joined
+    assert len(DROP_IN) == 6
 
 
 @pytest.mark.parametrize("index", range(len(DROP_IN)))
@@ -146,6 +147,11 @@ NEW_KEYS = [
     "noise.kind",
     "noise.match",
     "noise.scale",
+    "optim.sam",
+    "optim.sam_rho",
+    "optim.sam_normalize",
+    "optim.grad_penalty_form",
+    "train.label_smoothing",
 ]
 
 

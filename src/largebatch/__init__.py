@@ -55,6 +55,7 @@ from largebatch.gradient.noise import GradientNoise, noise_variance  # noqa: E40
 # are exported here by the module that defines them in largebatch/gradient/.
 from largebatch.models.ghost_batchnorm import convert_to_ghost_batchnorm  # noqa: E402
 from largebatch.optim.lars import LARS  # noqa: E402
+from largebatch.optim.sam import SAM, MomentumSAM  # noqa: E402
 from largebatch.optim.scaling import scale_lr  # noqa: E402
 from largebatch.optim.schedules import (  # noqa: E402
     Schedule,
@@ -67,7 +68,9 @@ from largebatch.optim.schedules import (  # noqa: E402
 
 __all__ = [
     "LARS",
+    "SAM",
     "GradientNoise",
+    "MomentumSAM",
     "GradientTransform",
     "Schedule",
     "TransformChain",

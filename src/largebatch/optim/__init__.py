@@ -3,6 +3,7 @@
 from largebatch.optim.build import OptimizerSetup, build_optimizer
 from largebatch.optim.lars import FORMS as LARS_FORMS
 from largebatch.optim.lars import LARS, LarsForm, lars_param_groups
+from largebatch.optim.sam import SAM, MomentumSAM
 from largebatch.optim.scaling import scale_lr
 from largebatch.optim.schedules import Schedule, build_schedule, paper_milestones
 
@@ -10,6 +11,8 @@ __all__ = [
     "LARS",
     "LARS_FORMS",
     "LarsForm",
+    "MomentumSAM",
+    "SAM",
     "OptimizerSetup",
     "Schedule",
     "build_optimizer",
