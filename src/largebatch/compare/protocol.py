@@ -361,12 +361,27 @@ def run_protocol(
     return out, record
 
 
+def _spec_path(name: str) -> Path:
+    """A spec file, or a comparison preset's name (``demo``: ``configs/compare/demo.yaml``)."""
+    from largebatch.presets import list_presets, resolve_preset
+
+    if Path(name).is_file() or "/" in name or name.endswith(".yaml"):
+        return Path(name) if Path(name).is_file() else resolve_preset(name)
+    try:
+        return resolve_preset(f"compare/{name}")
+    except UserError:
+        names = ", ".join(list_presets("compare")) or "(none found)"
+        raise UserError(
+            f"'{name}' is neither a file nor a comparison preset; presets: {names}"
+        ) from None
+
+
 def cmd_compare(args: Any) -> int:
     from largebatch.compare.spec import load_compare_spec
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    spec = load_compare_spec(args.spec, quick=args.quick, overrides=args.overrides)
+    spec = load_compare_spec(_spec_path(args.spec), quick=args.quick, overrides=args.overrides)
     out, _ = run_protocol(spec, Path(args.out) if args.out else None, args.workers or 1)
     print(f"protocol: {out / 'protocol.md'}; runs: largebatch report {out}")
     return 0
