@@ -8,6 +8,7 @@ interpreter start, to keep the module fast.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,186 @@ def test_other_commands(tmp_path, capsys, args, command):
     args = [str(tmp_path / a) if a == "NOWHERE" else a for a in args]
     rc, err = run_cli(args, capsys)
     check_one_error(err, rc, command)
+
+
+# ----------------------------------------------------------------------------------------------
+# Round 2 ("Nothing silent, nothing lost"): keys that would do nothing, sizes that are not
+# numbers, noise attached to the wrong optimizer, damaged run directories, report and bench
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["noise.scale=0.5"], "noise.alpha"),  # the shaped kinds' key, with the isotropic kind
+        (["optim.lars_form=timm"], "optim.name=lars"),  # LARS keys under optim.name=sgd
+        (["optim.trust_coefficient=0.01"], "optim.name=lars"),
+    ],
+)
+def test_keys_that_would_do_nothing(tmp_path, capsys, cache, overrides, needle):
+    out = tmp_path / "run"
+    rc, err = run_cli(["train", MLP, *TINY, cache, *overrides, "--out", str(out)], capsys)
+    check_one_error(err, rc, "train", needle)
+    assert not (out / "config.yaml").exists()
+
+
+def test_the_keys_still_work_where_they_act():
+    from largebatch.config import load_config
+
+    assert load_config(None, ["noise.kind=multiplicative", "noise.scale=0.5"]).noise.scale == 0.5
+    cfg = load_config(
+        None, ["optim.name=lars", "optim.lars_form=timm", "optim.trust_coefficient=0.01"]
+    )
+    assert (cfg.optim.lars_form, cfg.optim.trust_coefficient) == ("timm", 0.01)
+
+
+def test_noise_sizes_that_are_not_finite_numbers_are_refused():
+    import torch
+
+    from largebatch import GradientNoise
+    from largebatch.gradient.diagonal_noise import DiagonalNoise
+    from largebatch.gradient.microbatch_noise import MicrobatchNoise
+    from largebatch.gradient.multiplicative_noise import MultiplicativeNoise
+
+    params = list(torch.nn.Linear(3, 2).parameters())
+    build = {
+        "alpha": lambda v: GradientNoise(params, alpha=v),
+        "gamma": lambda v: GradientNoise(params, alpha=1e-5, gamma=v),
+        "covariance_multiplier": lambda v: MicrobatchNoise(params, v, micro_batch_size=4),
+        "covariance_multiplier ": lambda v: DiagonalNoise(params, v, micro_batch_size=4),
+        " covariance_multiplier": lambda v: MultiplicativeNoise(v, global_batch_size=8),
+    }
+    for name, make in build.items():
+        for value in (float("inf"), float("nan"), -1e-3):
+            with pytest.raises(ValueError, match=f"{name.strip()} .*finite number >= 0"):
+                make(value)
+        make(0.0)  # off, and allowed
+
+
+def test_noise_attached_to_another_models_optimizer_is_refused():
+    import torch
+
+    from largebatch import GradientNoise
+
+    model, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    noise = GradientNoise(model.parameters(), alpha=1e-5)
+    with pytest.raises(ValueError, match="not among the optimizer's parameters"):
+        noise.attach(torch.optim.SGD(other.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="1 of its 2 parameters"):  # the bias is not stepped
+        noise.attach(torch.optim.SGD([model.weight], lr=0.1))
+    noise.attach(torch.optim.SGD(model.parameters(), lr=0.1)).remove()  # its own: fine
+
+
+def test_bench_with_zero_threads(capsys):
+    rc, err = run_cli(["bench", "--threads", "0"], capsys)
+    check_one_error(err, rc, "bench", "--threads")
+
+
+TRAINED = [*TINY, "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache) -> Path:
+    """One finished two-epoch run, copied by each test that damages it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", MLP, *TRAINED, cache, "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(".lock"))
+    return dest
+
+
+@pytest.mark.parametrize("checkpoint", ["text", "link to text", "dangling link"])
+def test_checkpoint_that_is_another_file(tmp_path, capsys, cache, trained, checkpoint):
+    run = copy_run(trained, tmp_path / "run")
+    ckpt = run / "checkpoints" / "last.pt"
+    ckpt.unlink()
+    notes = tmp_path / "notes.txt"
+    if checkpoint == "text":
+        ckpt.write_text("hello, these are my notes\n")
+    else:
+        if checkpoint == "link to text":
+            notes.write_text("hello, these are my notes\n")
+        ckpt.symlink_to(notes)
+    resume = ["train", MLP, *TRAINED, cache, "--out", str(run), "--resume"]
+    rc, err = run_cli(resume, capsys)
+    check_one_error(err, rc, "train", "last.pt")
+    rc, err = run_cli(["analyze", "hessian", str(run)], capsys)
+    check_one_error(err, rc, "analyze", "last.pt")
+    assert ckpt.is_symlink() == (checkpoint != "text")  # left as it was, not trained over
+
+
+def _damage_config(run: Path, how: str, tmp_path: Path) -> Path:
+    """Make ``run/config.yaml`` not YAML, a YAML list, or a ``!!python`` tag that would make
+    ``tmp_path/executed`` if it were ever constructed."""
+    marker = tmp_path / "executed"
+    text = {
+        "not yaml": "data: {name: [mnist1d\n  : : :\n",
+        "a list": "- data\n- model\n",
+        "python tag": f"data: !!python/object/apply:os.mkdir ['{marker}']\n",
+    }[how]
+    (run / "config.yaml").write_text(text)
+    return marker
+
+
+@pytest.mark.parametrize("how", ["not yaml", "a list", "python tag"])
+def test_run_config_that_is_not_a_config(tmp_path, capsys, cache, trained, how):
+    run = copy_run(trained, tmp_path / "runs" / "bad")
+    marker = _damage_config(run, how, tmp_path)
+    resume = ["train", MLP, *TRAINED, cache, "--out", str(run), "--resume"]
+    rc, err = run_cli(resume, capsys)
+    check_one_error(err, rc, "train", "config.yaml")
+    rc, err = run_cli(["analyze", "hessian", str(run)], capsys)
+    check_one_error(err, rc, "analyze", "config.yaml")
+    # the report reads the good run and says which one it skipped and why
+    good = copy_run(trained, tmp_path / "runs" / "good")
+    rc, err = run_cli(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    (line,) = [ln for ln in err.splitlines() if "skipped" in ln]
+    assert str(run) in line and "config.yaml" in line
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["runs"] == [str(good)]
+    assert not marker.exists()  # nothing executed
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_report_lists_a_run_without_config(tmp_path, capsys, trained, manifest):
+    sweep = tmp_path / "sweep"
+    copy_run(trained, sweep / "runs" / "a")
+    lost = copy_run(trained, sweep / "runs" / "b")
+    (lost / "config.yaml").unlink()
+    if manifest:
+        runs = [{"name": n, "dir": f"runs/{n}", "label": n, "status": "completed"} for n in "ab"]
+        (sweep / "sweep.json").write_text(json.dumps({"name": "s", "runs": runs}))
+    rc, err = run_cli(["report", str(sweep), "--out", str(tmp_path / "rep")], capsys)
+    assert rc == 0, err
+    (line,) = [ln for ln in err.splitlines() if "skipped" in ln]
+    assert str(lost) in line and "no config.yaml" in line
+
+
+def test_report_does_not_average_a_truncated_run(tmp_path, capsys, trained):
+    copy_run(trained, tmp_path / "runs" / "whole")
+    cut = copy_run(trained, tmp_path / "runs" / "cut")
+    lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (cut / "metrics.jsonl").write_text("".join(lines[:-1]))  # lost its last line
+    rc, err = run_cli(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")], capsys)
+    assert rc == 0, err
+    (line,) = [ln for ln in err.splitlines() if "skipped" in ln]
+    assert str(cut) in line and "truncated: 1 of 2 epochs" in line
+    (row,) = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    assert row["final_val_acc"]["n"] == 1
+    assert row["not_completed"] == {"cut": "truncated: 1 of 2 epochs"}
+
+
+def test_report_gap_and_out_mistakes(tmp_path, capsys, trained):
+    runs = tmp_path / "runs"
+    copy_run(trained, runs / "a")
+    rc, err = run_cli(["report", str(runs), "--gap", "all", "all"], capsys)
+    check_one_error(err, rc, "report", "--gap")
+    taken = tmp_path / "taken.md"
+    taken.write_text("mine")
+    rc, err = run_cli(["report", str(runs), "--out", str(taken)], capsys)
+    check_one_error(err, rc, "report", str(taken))
+    assert taken.read_text() == "mine"

@@ -253,6 +253,11 @@ def parse_batch_sizes(text: str) -> list[int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from largebatch.presets import resolve_preset
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(
+            f"--threads {args.threads}: give the number of torch CPU threads, 1 or more (or leave "
+            "it out for the config's train.threads)"
+        )
     cfg = load_config(str(resolve_preset(args.config)), args.overrides)
     if args.steps < 1 or args.repeats < 1:
         raise UserError("--steps and --repeats must be at least 1")

@@ -13,9 +13,7 @@ old file: a kill at any moment leaves either the previous or the new checkpoint,
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +51,27 @@ def _reason(error: BaseException) -> str:
                 detail = line
                 break
         return f"it is truncated or not a largebatch checkpoint ({detail or 'unreadable data'})"
+    if isinstance(error, KeyError | IndexError | UnicodeDecodeError | ValueError | TypeError):
+        # bytes that are no pickle at all: the unpickler read them as opcodes
+        return f"it is not a torch file, let alone a largebatch checkpoint ({type(error).__name__})"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = first.split(". ")[0].rstrip(".")[:160] or "empty or cut short"  # first sentence
     return f"it is truncated or not a largebatch checkpoint ({type(error).__name__}: {first})"
+
+
+def _text_reason(path: Path) -> str | None:
+    """``it is a text file (...)`` when the file's first bytes are printable text, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+        text = head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    if not text.strip():
+        return "it holds only blank space, not a checkpoint"
+    return f"it is a text file, not a checkpoint (it starts {text.strip().splitlines()[0][:40]!r})"
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -89,13 +105,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(
+            f"{path} is a link to {os.readlink(path)}, which does not exist; restore the file it "
+            "points to, or delete the link to restart the run"
+        )
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train the run first (largebatch train)")
+    where = f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
+    except Exception as e:
+        # A text file or other bytes reach torch's unpickler as opcodes and fail as KeyError,
+        # IndexError, UnicodeDecodeError, ... as well as the usual RuntimeError / EOFError.
+        reason = _text_reason(path) or _reason(e)
         raise CheckpointError(
-            f"{path} cannot be read as a checkpoint: {_reason(e)}. Delete it to restart the run, "
+            f"{where} cannot be read as a checkpoint: {reason}. Delete it to restart the run, "
             "or restore it from a copy."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -174,7 +174,7 @@ class OptimConfig:
     min_lr_factor: float = 0.0
     """cosine: final LR as a fraction of the peak."""
     trust_coefficient: float = 0.001
-    """lars: eta, the trust coefficient."""
+    """lars: eta, the trust coefficient (under ``sgd`` it must stay at its default)."""
     lars_form: str = "you2017"
     """lars: which published form (:data:`largebatch.optim.LARS_FORMS`): ``you2017`` (You et al.
     2017, LR inside momentum), ``optax``, ``timm`` (LR outside momentum) or ``larc`` (apex,
@@ -217,7 +217,8 @@ class NoiseConfig:
     optim.base_batch_size)`` at this run's learning rate: zero under linear scaling) or
     ``step`` (each update as noisy as a reference update: ``c = 1/B_S - 1/B_L``)."""
     scale: float = 1.0
-    """Shaped kinds: multiplies ``c`` (0 = off)."""
+    """Shaped kinds: multiplies ``c`` (0 = off). With ``isotropic`` it must stay 1 (the
+    isotropic size is ``alpha``)."""
     alpha: float = 0.0
     """Isotropic kind: variance of the gradient noise at t = 0 (0 = off). The paper uses 1e-5."""
     gamma: float = 0.55
@@ -510,6 +511,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.min_lr_factor: must be in [0, 1], got {o.min_lr_factor}")
     _positive("optim.trust_coefficient", o.trust_coefficient)
     _choice("optim.lars_form", o.lars_form, LARS_FORMS)
+    _check_lars_keys(o)
     if o.name == "lars" and o.nesterov and o.lars_form == "larc":
         raise ConfigError("optim.nesterov: the larc form has no Nesterov variant; use another form")
     _positive("optim.grad_clip_norm", o.grad_clip_norm)
@@ -535,6 +537,26 @@ def validate(cfg: Config) -> None:
         )
     if n.kind != "isotropic" and n.placement != "gradient":
         raise ConfigError(f"noise.placement=update is for the isotropic kind only, not {n.kind}")
+    if n.kind == "isotropic" and n.scale != NoiseConfig.scale:
+        raise ConfigError(
+            f"noise.scale={n.scale:g} multiplies the shaped kinds' noise and does nothing with "
+            "noise.kind=isotropic: use noise.alpha for the isotropic kind's size, or choose a "
+            "shaped kind (noise.kind=microbatch, diagonal or multiplicative)"
+        )
+
+
+def _check_lars_keys(optim: OptimConfig) -> None:
+    """The LARS keys do nothing under ``optim.name=sgd``: set them only with ``lars``."""
+    if optim.name == "lars":
+        return
+    for key in ("lars_form", "trust_coefficient"):
+        value, default = getattr(optim, key), getattr(OptimConfig, key)
+        if value != default:
+            raise ConfigError(
+                f"optim.{key}={value} is a LARS setting and does nothing with "
+                f"optim.name={optim.name}: set optim.name=lars, or leave optim.{key} at its "
+                f"default ({default})"
+            )
 
 
 def _check_sharpness(train: TrainConfig, optim: OptimConfig, noise: NoiseConfig) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from largebatch.report_data import (
     find_runs,
     group_runs,
     hessian_rows,
+    scan_runs,
     setting_rows,
+    skip_lines,
     spearman,
     stat,
     steps_rows,
@@ -111,9 +114,20 @@ def write_report(
     """
     from largebatch import report_figures
 
-    runs = find_runs(dirs)
+    out = Path(out)
+    if gap is not None:
+        check_gap_labels(gap)
+    check_out(out)
+    runs, skipped = scan_runs(dirs)
+    for line in skip_lines(runs, skipped):
+        print(f"report: {line}", file=sys.stderr)
     groups = group_runs(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--out {out} cannot be made ({e.strerror}); choose another --out"
+        ) from None
     rows = setting_rows(groups)
     table = format_table(rows)
     target = default_target(groups) if target is None else target
@@ -155,6 +169,11 @@ def write_report(
             "Not completed (not averaged in): "
             + ", ".join(f"`{n}` ({s})" for n, s in not_done)
             + ".",
+            "",
+        ]
+    if skipped:
+        text += [
+            "Left out, unreadable: " + "; ".join(f"`{x.path}` ({x.reason})" for x in skipped) + ".",
             "",
         ]
     if steps:
@@ -225,10 +244,37 @@ def write_report(
         "seeds": seeds,
         "commits": commits,
         "runs": [str(r.path) for r in runs],
+        "skipped": [{"path": str(x.path), "reason": x.reason} for x in skipped],
         "figures": [name for name, _ in figures],
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def check_gap_labels(gap: tuple[str, str]) -> None:
+    """``--gap SMALL LARGE`` names two different settings."""
+    small, large = gap
+    if small == large:
+        raise UserError(
+            f"--gap '{small}' '{large}' names the same setting twice: give the small-batch "
+            "setting's label first, then the large-batch setting's (the labels of the report's "
+            "table)"
+        )
+
+
+def check_out(out: Path) -> None:
+    """The output folder is a folder, or can become one."""
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file, not a folder; give a folder for the report (new or existing)"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"--out {out}: {parent} is a file, not a folder; choose another --out"
+                )
+            break
 
 
 def cmd_report(args: Any) -> int:
@@ -239,6 +285,9 @@ def cmd_report(args: Any) -> int:
         out = dirs[0] / "report"
     else:
         out = Path("report")
+    if args.gap:
+        check_gap_labels(tuple(args.gap))
+    check_out(out)
     target = None
     if args.target is not None:
         if not 0 < args.target <= 100:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from largebatch import rundir
 from largebatch.errors import UserError
@@ -73,7 +72,44 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "unknown")
+        """``summary.json``'s status; ``truncated: N of M epochs`` (see :attr:`truncation`) for
+        a run that says completed but whose ``metrics.jsonl`` lacks epochs."""
+        return self.truncation or self.summary.get("status", "unknown")
+
+    @property
+    def expected_epochs(self) -> int | None:
+        """The epochs the run made: ``summary.json``'s ``epochs_completed`` (its last epoch when
+        that is absent), else the config's length (``train.epochs``, stretched under
+        ``train.scale_epochs``); None when nothing says."""
+        done = self.summary.get("epochs_completed")
+        if not isinstance(done, int):
+            final = self.summary.get("final")
+            done = final.get("epoch") if isinstance(final, dict) else None
+        if isinstance(done, int) and not isinstance(done, bool):
+            return done
+        epochs = self.config.get("train.epochs")
+        if not isinstance(epochs, int):
+            return None
+        if self.config.get("train.scale_epochs"):
+            try:
+                base = self.config["optim.base_batch_size"]
+                return round(epochs * self.config["train.global_batch_size"] / base)
+            except (KeyError, TypeError, ZeroDivisionError):
+                return None
+        return epochs
+
+    @property
+    def truncation(self) -> str | None:
+        """``truncated: N of M epochs`` when ``summary.json`` says completed but
+        ``metrics.jsonl`` holds fewer epochs than the run made (a lost or cut line): such a run
+        is not averaged in. None otherwise."""
+        if self.summary.get("status") != "completed":
+            return None
+        expected = self.expected_epochs
+        recorded = len({r.get("epoch") for r in self.metrics})
+        if expected is None or recorded >= expected:
+            return None
+        return f"truncated: {recorded} of {expected} epochs"
 
     @property
     def seed(self) -> int:
@@ -96,24 +132,32 @@ class Run:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return rundir.read_json(path)
+        value = rundir.read_json(path)
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load_run(path: Path, label: str | None = None) -> Run:
+    """Read one run directory; a ``config.yaml`` that is missing, not YAML, not a mapping of
+    sections or holds a ``!!python/`` tag (never constructed: safe loading) raises
+    :class:`UserError` naming the file."""
     path = Path(path)
-    config_path = path / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{path} is not a run directory (no config.yaml)")
-    config = _flatten(yaml.safe_load(config_path.read_text()) or {})
+    raw = rundir.read_config_dict(path)
+    bad = [k for k, v in raw.items() if v is not None and not isinstance(v, dict)]
+    if bad:
+        raise UserError(
+            f"{path / 'config.yaml'}: section '{bad[0]}' is not a mapping of keys; restore the "
+            "file from a copy"
+        )
+    config = _flatten(raw)
     hessian = _read_json(path / "analysis" / "hessian.json") or None
     return Run(
         path,
         config,
         _read_json(path / "summary.json"),
-        rundir.read_metrics(path),
-        _jsonl(path / "evals.jsonl"),
+        [r for r in rundir.read_metrics(path) if isinstance(r, dict)],
+        [r for r in _jsonl(path / "evals.jsonl") if isinstance(r, dict)],
         _read_json(path / "env.json"),
         _read_json(path / "data.json"),
         hessian,
@@ -122,28 +166,101 @@ def load_run(path: Path, label: str | None = None) -> Run:
     )
 
 
-def find_runs(dirs: list[str | Path]) -> list[Run]:
+@dataclass(frozen=True)
+class Skipped:
+    """A run directory (or a sweep's planned run) the report could not read, and why."""
+
+    path: Path
+    reason: str
+
+
+NO_CONFIG = "no config.yaml (not a run directory, or it lost its config)"
+
+
+def _run_folders_without_config(d: Path, runs: set[Path]) -> list[Path]:
+    """Folders below ``d`` holding what only a run directory holds (``summary.json``,
+    ``metrics.jsonl``, ``checkpoints/last.pt``) but no ``config.yaml``."""
+    marked = {x.parent for name in ("summary.json", "metrics.jsonl") for x in d.rglob(name)}
+    marked |= {x.parent.parent for x in d.rglob("last.pt") if x.parent.name == "checkpoints"}
+    return sorted(p for p in marked - runs if not (p / "config.yaml").is_file())
+
+
+def _candidates(d: Path, skipped: list[Skipped]) -> list[tuple[Path, str | None]]:
+    """The run directories in ``d`` (with their sweep labels); what looks like a run but cannot
+    be one is added to ``skipped``."""
+    if (d / "config.yaml").is_file():
+        return [(d, None)]
+    if (d / "sweep.json").is_file():
+        entries = _read_json(d / "sweep.json").get("runs")
+        if isinstance(entries, list) and all(isinstance(r, dict) and "dir" in r for r in entries):
+            found = []
+            for r in entries:
+                p = d / str(r["dir"])
+                if (p / "config.yaml").is_file():
+                    found.append((p, r.get("label")))
+                elif p.is_dir():
+                    skipped.append(Skipped(p, NO_CONFIG))
+                else:
+                    status = r.get("status", "pending")
+                    skipped.append(Skipped(p, f"no run directory (sweep.json says {status})"))
+            return found
+        skipped.append(
+            Skipped(d / "sweep.json", "unreadable; its runs are found by their config.yaml")
+        )
+    found = [(p.parent, None) for p in sorted(d.rglob("config.yaml"))]
+    for p in _run_folders_without_config(d, {p for p, _ in found}):
+        skipped.append(Skipped(p, NO_CONFIG))
+    return found
+
+
+def scan_runs(dirs: list[str | Path]) -> tuple[list[Run], list[Skipped]]:
     """Runs from run directories, sweep folders (``sweep.json``: its order and labels) or any
-    folder holding run directories below it."""
+    folder holding run directories below it; and the ones skipped, with the reason.
+
+    A run whose ``config.yaml`` is missing or unreadable is skipped, never read in part. Raises
+    :class:`UserError` when a folder does not exist or no run at all could be read."""
     runs: list[Run] = []
+    skipped: list[Skipped] = []
     seen: set[Path] = set()
     for d in map(Path, dirs):
         if not d.is_dir():
             raise UserError(f"{d}: no such directory")
-        if (d / "config.yaml").is_file():
-            found = [(d, None)]
-        elif (d / "sweep.json").is_file():
-            manifest = _read_json(d / "sweep.json")
-            found = [(d / r["dir"], r.get("label")) for r in manifest.get("runs", [])]
-            found = [(p, lab) for p, lab in found if (p / "config.yaml").is_file()]
-        else:
-            found = [(p.parent, None) for p in sorted(d.rglob("config.yaml"))]
-        for p, label in found:
-            if p.resolve() not in seen:
-                seen.add(p.resolve())
+        for p, label in _candidates(d, skipped):
+            if p.resolve() in seen:
+                continue
+            seen.add(p.resolve())
+            try:
                 runs.append(load_run(p, label))
+            except UserError as e:
+                skipped.append(Skipped(p, str(e)))
     if not runs:
-        raise UserError(f"no run directories (with config.yaml) in {', '.join(map(str, dirs))}")
+        where = ", ".join(map(str, dirs))
+        if skipped:
+            reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
+            more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+            raise UserError(f"no readable run directories in {where}: {reasons}{more}")
+        raise UserError(f"no run directories (with config.yaml) in {where}")
+    return runs, skipped
+
+
+def skip_lines(runs: list[Run], skipped: list[Skipped]) -> list[str]:
+    """One line per run a report leaves out: unreadable ones, and truncated ones (counted as
+    not completed, never averaged in)."""
+    lines = [f"skipped {s.path}: {s.reason}" for s in skipped]
+    lines += [
+        f"skipped {r.path}: {r.truncation} in metrics.jsonl, though summary.json says completed "
+        "(not averaged in)"
+        for r in runs
+        if r.truncation
+    ]
+    return lines
+
+
+def find_runs(dirs: list[str | Path]) -> list[Run]:
+    """The runs of :func:`scan_runs`; each one skipped is printed on stderr with its reason."""
+    runs, skipped = scan_runs(dirs)
+    for line in skip_lines(runs, skipped):
+        print(f"report: {line}", file=sys.stderr)
     return runs
 
 

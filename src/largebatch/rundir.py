@@ -68,12 +68,44 @@ def write_config(run_dir: Path, cfg: Config) -> None:
     atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text))
 
 
-def read_config(run_dir: Path) -> Config:
+def read_config_dict(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``config.yaml`` as nested dicts, read safely (``yaml.safe_load``: a
+    ``!!python/...`` tag is refused, never constructed). A file that is not YAML, or not a
+    mapping of sections, raises :class:`UserError` naming the file."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    with open(path) as f:
-        return config_from_dict(yaml.safe_load(f))
+    fix = "restore it from a copy, or train the run afresh into another --out"
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", None) or type(e).__name__)
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        detail = f"{problem}{at}"
+        if "tag:yaml.org,2002:python/" in problem:
+            detail = f"a !!python/ tag{at}, refused unread: loading it could run code"
+        raise UserError(f"{path} is not a readable run config ({detail}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    if raw is None:
+        raise UserError(f"{path} is empty, not a run config; {fix}")
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path} holds a {type(raw).__name__}, not the mapping of sections a run config is; "
+            f"{fix}"
+        )
+    return raw
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    raw = read_config_dict(run_dir)
+    try:
+        return config_from_dict(raw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 METRICS = "metrics.jsonl"

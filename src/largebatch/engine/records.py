@@ -134,7 +134,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume"
         )
     ckpt_path = run_dir / rundir.CHECKPOINT
-    if not ckpt_path.exists():
+    if not ckpt_path.exists() and not ckpt_path.is_symlink():  # a dangling link is an error
         return None
     return load_checkpoint(ckpt_path)
 

@@ -8,7 +8,9 @@ Transforms with ``stage = "update"`` act instead on the weights right after ``op
 (the gradient noise with ``placement = update``).
 
 Every transform has explicit state (``state_dict`` / ``load_state_dict``) so that a resumed run
-continues exactly; a stateless transform returns ``{}``.
+continues exactly; a stateless transform returns ``{}``. Those two methods make every transform
+(and :class:`~largebatch.gradient.attach.AttachHandle`) a ``Stateful`` of
+``torch.distributed.checkpoint``: ``dcp.save({"model": ..., "noise": noise}, ...)`` saves it.
 
 Transforms that need more than the final gradient get it through optional hooks, which the
 engine's update function (:mod:`largebatch.engine.update`) calls and a user's own loop may call:
@@ -21,7 +23,10 @@ engine's update function (:mod:`largebatch.engine.update`) calls and a user's ow
 
 ``transform.attach(optimizer)`` (and ``chain.attach(optimizer)``) runs a transform inside any
 ``torch.optim`` optimizer's ``step`` -- plain, with a closure, under ``torch.amp.GradScaler`` --
-with its state in ``optimizer.state_dict()`` (:mod:`largebatch.gradient.attach`).
+with its state in ``optimizer.state_dict()``, restored by ``optimizer.load_state_dict`` whether
+that runs before or after ``attach`` (:mod:`largebatch.gradient.attach`). Such a transform sees
+``UpdateInfo.lr`` = group 0's learning rate and, when the groups differ, each parameter's own
+through ``info.lr_of(param)``.
 
 Example::
 
@@ -42,7 +47,8 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -59,11 +65,22 @@ class UpdateInfo:
 
     Attributes:
         step: ``t``, the number of completed optimizer updates before this one (first: 0).
-        lr: the learning rate of this update (after scaling, warmup and decay).
+        lr: the learning rate of this update (after scaling, warmup and decay); with parameter
+            groups of different learning rates, group 0's.
+        param_lrs: ``id(param) -> lr`` of the parameter's group when the optimizer's groups
+            have different learning rates (``attach`` fills it), else ``None``: every parameter
+            then steps with ``lr``. Read it through :meth:`lr_of`.
     """
 
     step: int
     lr: float
+    param_lrs: Mapping[int, float] | None = field(default=None, compare=False, repr=False)
+
+    def lr_of(self, param: torch.Tensor) -> float:
+        """The learning rate ``param`` steps with in this update (its group's)."""
+        if self.param_lrs is None:
+            return self.lr
+        return self.param_lrs.get(id(param), self.lr)
 
 
 class GradientTransform:

@@ -30,6 +30,13 @@ Cost: three flat buffers of the parameters' size (difference, sum of squares, av
 micro-batch four ``torch._foreach_*`` ops with host-float coefficients (no host-device sync); per
 update one all-reduce and one ``normal_`` over the flat buffer.
 
+**Checkpoints.** This kind acts per micro-batch, so ``attach`` refuses it and its state is not in
+``optimizer.state_dict()``: save ``noise.state_dict()`` (``t``, the generator state, the moving
+average and its count) next to the model's and the optimizer's, between updates, and call
+``noise.load_state_dict`` on resume; the resumed run then draws exactly what the uninterrupted run
+would have. The transform is also a ``torch.distributed.checkpoint`` ``Stateful``:
+``dcp.save({"model": ..., "noise": noise}, ...)``.
+
 Example (your own loop: call the hooks yourself)::
 
     >>> import torch

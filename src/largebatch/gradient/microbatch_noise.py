@@ -62,6 +62,17 @@ Example (your own loop: call the hooks yourself)::
     >>> noise.apply_([p.grad for p in model.parameters()], info)   # then optimizer.step()
     >>> noise.t
     1
+    >>> ckpt = {"model": model.state_dict(), "noise": noise.state_dict()}  # torch.save(ckpt, ...)
+    >>> resumed = MicrobatchNoise(model.parameters(), 0.03, micro_batch_size=8)
+    >>> resumed.load_state_dict(ckpt["noise"])
+    >>> resumed.t, torch.equal(resumed.generator.get_state(), noise.generator.get_state())
+    (1, True)
+
+**Checkpoints.** This kind acts per micro-batch, so ``attach`` refuses it and its state is not in
+``optimizer.state_dict()``: save ``noise.state_dict()`` (``t`` and the generator state) next to the
+model's and the optimizer's, between updates, and call ``noise.load_state_dict`` on resume; the
+resumed run then draws exactly what the uninterrupted run would have. The transform is also a
+``torch.distributed.checkpoint`` ``Stateful``: ``dcp.save({"model": ..., "noise": noise}, ...)``.
 
 Paper: Wen et al. 2020, "An empirical study of large-batch stochastic gradient descent with
 structured covariance noise" (AISTATS).
@@ -80,6 +91,19 @@ from largebatch.gradient.base import GradientTransform, UpdateInfo
 
 AllReduce = Callable[[torch.Tensor], Any]
 LAST_MICROBATCH = ("reduced", "local")
+
+
+def check_multiplier(covariance_multiplier: float) -> None:
+    """Refuse a covariance multiplier ``c`` that is negative, nan or infinite."""
+    try:
+        c = float(covariance_multiplier)
+    except (TypeError, ValueError):
+        c = math.nan
+    if not (math.isfinite(c) and c >= 0):
+        raise ValueError(
+            "covariance_multiplier is c (1/examples) and must be a finite number >= 0 (0 = off; "
+            f"largebatch.gradient.calibration computes it), got {covariance_multiplier!r}"
+        )
 
 
 class MicrobatchKind(GradientTransform):
@@ -109,8 +133,7 @@ class MicrobatchKind(GradientTransform):
         device, dtype = params[0].device, params[0].dtype
         if any(p.device != device or p.dtype != dtype for p in params):
             raise ValueError(f"{self.name} expects all parameters on one device with one dtype")
-        if covariance_multiplier < 0:
-            raise ValueError(f"covariance_multiplier must be >= 0, got {covariance_multiplier}")
+        check_multiplier(covariance_multiplier)
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -203,7 +226,7 @@ class MicrobatchKind(GradientTransform):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # torch.load may have moved it
 
 
 class MicrobatchNoise(MicrobatchKind):

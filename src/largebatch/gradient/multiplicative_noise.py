@@ -28,6 +28,13 @@ per micro-batch; no host-device sync. :meth:`apply_` does nothing.
 
 Units: ``c`` in 1/examples (:mod:`largebatch.gradient.calibration`); weights are dimensionless.
 
+**Checkpoints.** This kind hands out per-example loss weights, so ``attach`` refuses it and its
+state is not in ``optimizer.state_dict()``: save ``noise.state_dict()`` (``t`` and the generator
+state) next to the model's and the optimizer's, between updates, and call ``noise.load_state_dict``
+on resume; the resumed run then draws exactly what the uninterrupted run would have. The transform
+is also a ``torch.distributed.checkpoint`` ``Stateful``:
+``dcp.save({"model": ..., "noise": noise}, ...)``.
+
 Example (your own loop: weight the per-example losses yourself)::
 
     >>> import torch
@@ -54,6 +61,7 @@ from typing import Any
 import torch
 
 from largebatch.gradient.base import GradientTransform, UpdateInfo
+from largebatch.gradient.microbatch_noise import check_multiplier
 
 
 class MultiplicativeNoise(GradientTransform):
@@ -88,8 +96,7 @@ class MultiplicativeNoise(GradientTransform):
         center: bool = True,
         device: torch.device | str = "cpu",
     ) -> None:
-        if covariance_multiplier < 0:
-            raise ValueError(f"covariance_multiplier must be >= 0, got {covariance_multiplier}")
+        check_multiplier(covariance_multiplier)
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, {world_size=}")
         if global_batch_size < 2 or global_batch_size % world_size:
@@ -156,4 +163,4 @@ class MultiplicativeNoise(GradientTransform):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # torch.load may have moved it

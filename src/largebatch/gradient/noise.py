@@ -15,7 +15,15 @@ rate multiplies it like any gradient and momentum accumulates it.
 The noise is drawn from the transform's own ``torch.Generator`` on the parameters' device, never
 from the global RNG: seeded identically on every rank, it draws identical noise everywhere and the
 DDP replicas stay equal. Its state (``t`` and the generator state) is in :meth:`state_dict`, so a
-resumed run draws exactly the noise the uninterrupted run would have drawn.
+resumed run draws exactly the noise the uninterrupted run would have drawn. Attached, that state
+rides in ``optimizer.state_dict()`` and is restored by ``optimizer.load_state_dict`` run before or
+after ``attach`` (:mod:`largebatch.gradient.attach`); the transform is also a
+``torch.distributed.checkpoint`` ``Stateful``.
+
+With ``placement="update"`` the noise goes on the weights after the step, scaled by the learning
+rate of each weight's parameter group::
+
+    w  <-  w - lr_g sigma_t n_t,       Var = lr_g^2 alpha / (1 + t)^gamma   per entry of group g
 
 Cost: one ``normal_`` over a flat buffer holding every selected element, and one
 ``torch._foreach_add_`` over views of that buffer; the standard deviation is a host float, so there
@@ -38,7 +46,7 @@ Example (three lines in your own loop)::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -61,8 +69,10 @@ class GradientNoise(GradientTransform):
     """Adds ``N(0, alpha / (1 + t)^gamma)`` to every selected gradient, once per update.
 
     As a transform of the engine's chain (:mod:`largebatch.gradient.base`) it has stage
-    ``gradient`` (the paper) or ``update`` (``placement="update"``: ``w -= lr sigma_t n_t`` right
-    after ``optimizer.step()``, so momentum never accumulates the noise).
+    ``gradient`` (the paper) or ``update`` (``placement="update"``: ``w -= lr_g sigma_t n_t``
+    right after ``optimizer.step()``, ``lr_g`` the learning rate of the weight's own parameter
+    group, so each entry gets variance ``lr_g^2 sigma_t^2`` and momentum never accumulates the
+    noise).
 
     Args:
         params: the parameters whose gradients get noise (e.g. ``model.parameters()``).
@@ -86,13 +96,19 @@ class GradientNoise(GradientTransform):
         include_bias_and_norm: bool = True,
         placement: str = "gradient",
     ) -> None:
-        if not alpha >= 0:  # also refuses nan
-            raise ValueError(f"alpha is a variance and must be >= 0, got {alpha}")
+        if not (math.isfinite(alpha) and alpha >= 0):  # refuses nan and inf too
+            raise ValueError(
+                f"alpha is a variance and must be a finite number >= 0 (e.g. 1e-5; 0 = off), "
+                f"got {alpha}"
+            )
         if placement not in ("gradient", "update"):
             raise ValueError(f"placement '{placement}' is not one of: gradient, update")
         self.stage = placement
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(
+                f"gamma is the variance's decay exponent and must be a finite number >= 0 "
+                f"(e.g. 0.55; 0 = no decay), got {gamma}"
+            )
         params = [p for p in params if p.requires_grad]
         if not include_bias_and_norm:
             params = [p for p in params if not is_bias_or_norm(p)]
@@ -136,24 +152,39 @@ class GradientNoise(GradientTransform):
             buf.normal_(generator=self.generator)
 
     @torch.no_grad()
-    def add_to(self, tensors: list[torch.Tensor | None], scale: float = 1.0) -> None:
+    def add_to(
+        self, tensors: list[torch.Tensor | None], scale: float | Sequence[float] = 1.0
+    ) -> None:
         """Add ``scale * sigma_t * n_t`` to ``tensors`` (one per parameter, same order; None is
-        skipped but still consumes its share of the draw) and advance ``t`` by one."""
+        skipped but still consumes its share of the draw) and advance ``t`` by one. ``scale``
+        is one number or one per tensor (one ``_foreach_add_`` per distinct value)."""
         if len(tensors) != len(self._views):
             raise ValueError(f"expected {len(self._views)} tensors, got {len(tensors)}")
+        scales = [scale] * len(tensors) if isinstance(scale, int | float) else list(scale)
+        if len(scales) != len(tensors):
+            raise ValueError(f"expected {len(tensors)} scales, got {len(scales)}")
         if self.alpha > 0:
             std = math.sqrt(self.variance())
             self._draw()
-            pairs = [(x, v) for x, v in zip(tensors, self._views, strict=True) if x is not None]
-            if pairs:
-                xs = [x for x, _ in pairs]
-                vs = [v for _, v in pairs]
-                torch._foreach_add_(xs, vs, alpha=scale * std)
+            by_scale: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+            for x, v, c in zip(tensors, self._views, scales, strict=True):
+                if x is not None:
+                    xs, vs = by_scale.setdefault(float(c), ([], []))
+                    xs.append(x)
+                    vs.append(v)
+            for c, (xs, vs) in by_scale.items():
+                torch._foreach_add_(xs, vs, alpha=c * std)
         self.t += 1
 
     def apply_(self, tensors: list[torch.Tensor | None], info: UpdateInfo) -> None:
-        """The chain's entry: gradients (stage ``gradient``) or weights times ``-lr``."""
-        self.add_to(tensors, scale=-info.lr if self.stage == "update" else 1.0)
+        """The chain's entry: gradients (stage ``gradient``) or weights times ``-lr`` of each
+        parameter's own group (``info.lr_of``)."""
+        if self.stage != "update":
+            self.add_to(tensors)
+        elif info.param_lrs is None:
+            self.add_to(tensors, scale=-info.lr)
+        else:
+            self.add_to(tensors, scale=[-info.lr_of(p) for p in self.params])
 
     def __call__(self) -> None:
         """Add noise to the parameters' ``.grad`` (call between ``backward()`` and ``step()``)."""
@@ -170,7 +201,8 @@ class GradientNoise(GradientTransform):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.generator.set_state(state["generator"])
+        # a CPU ByteTensor even for a CUDA generator; torch.load(map_location=...) may move it
+        self.generator.set_state(state["generator"].cpu())
 
     def __repr__(self) -> str:
         return (
