@@ -12,7 +12,7 @@ LABELS = [
     "B=32",
     "B=512, linear LR",
     "B=512, linear LR + noise",
-    "B=512, linear LR + grad-norm penalty",
+    "B=512, linear LR + label smoothing 0.1",
 ]
 
 
@@ -27,7 +27,7 @@ def test_demo_writes_table_curves_and_report_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert run_demo(quick=True, out=out, seeds=1, overrides=TINY) == 0
     table = (out / "table.md").read_text()
-    assert table.count("| B=512, linear LR + grad-norm penalty |") == 2  # results and gap tables
+    assert table.count("| B=512, linear LR + label smoothing 0.1 |") == 2  # results and gap tables
     assert (out / "curves.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
     assert "alpha = 1e-05" in report and "## What it shows" in report
