@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from largebatch.cli import main
 
@@ -382,3 +383,23 @@ def test_report_gap_and_out_mistakes(tmp_path, capsys, trained):
     rc, err = run_cli(["report", str(runs), "--out", str(taken)], capsys)
     check_one_error(err, rc, "report", str(taken))
     assert taken.read_text() == "mine"
+
+
+def test_val_subset_is_stratified_the_same_for_every_run_and_refused_where_it_cannot_act():
+    from largebatch.config import ConfigError, load_config
+    from largebatch.data import build_dataset
+
+    base = ["data.num_samples=1000"]
+    full = build_dataset(load_config(None, base).data)
+    cfg = load_config(None, [*base, "data.val_subset=100"]).data
+    a, b = build_dataset(cfg), build_dataset(cfg)
+    assert len(a.val) == 100 and a.info["num_val"] == 100
+    assert torch.equal(a.val.y, b.val.y) and torch.equal(a.val.x, b.val.x)  # same for every run
+    # class proportions kept: each class's count within one of its share of the full split
+    counts_full = torch.bincount(full.val.y, minlength=10).float() * 100 / len(full.val)
+    counts = torch.bincount(a.val.y, minlength=10).float()
+    assert torch.all((counts - counts_full).abs() <= 1.0)
+    with pytest.raises(ConfigError, match="larger than the validation set"):
+        build_dataset(load_config(None, [*base, "data.val_subset=100000"]).data)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(None, [*base, "data.val_subset=0"])

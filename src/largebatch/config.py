@@ -50,6 +50,10 @@ class DataConfig:
     """MNIST-1D only: fraction of the generated examples used for training (the package's split)."""
     train_subset: int | None = None
     """Keep only this many training examples (a stratified-by-seed random subset). None: all."""
+    val_subset: int | None = None
+    """Evaluate on only this many validation examples (a stratified subset drawn with
+    ``split_seed``, the same for every run): cheaper per-epoch evaluation on a large validation
+    set. Datasets held in memory only (mnist1d, fashion_mnist, mnist, cifar10/100). None: all."""
     augment: bool = False
     """Random training augmentation where the dataset defines one (images)."""
     image_size: int = 224
@@ -457,6 +461,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     _positive("data.train_subset", d.train_subset)
+    _positive("data.val_subset", d.val_subset)
     _positive("data.image_size", d.image_size)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
     if not m.hidden or any(w <= 0 for w in m.hidden):

@@ -7,13 +7,14 @@ through it). Call it before anything is built, to fail before a run directory ex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from largebatch.config import ConfigError, DataConfig
-from largebatch.data.base import DatasetBundle
+from largebatch.data.base import DatasetBundle, TensorSplit, stratified_subset
 from largebatch.errors import UserError
 
 DatasetBuilder = Callable[[DataConfig, torch.device], DatasetBundle]
@@ -55,4 +56,27 @@ def check_dataset_name(name: str) -> DatasetInfo:
 
 
 def build_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> DatasetBundle:
-    return check_dataset_name(cfg.name).build(cfg, torch.device(device))
+    bundle = check_dataset_name(cfg.name).build(cfg, torch.device(device))
+    if cfg.val_subset is not None:
+        bundle = _val_subset(bundle, cfg)
+    return bundle
+
+
+def _val_subset(bundle: DatasetBundle, cfg: DataConfig) -> DatasetBundle:
+    """``data.val_subset``: a stratified subset of the validation split, drawn with
+    ``split_seed`` (the same for every run of a comparison)."""
+    val = bundle.val
+    if not isinstance(val, TensorSplit):
+        raise ConfigError(
+            f"data.val_subset: {cfg.name} is read from disk batch by batch; the subset is for "
+            "datasets held in memory (mnist1d, fashion_mnist, mnist, cifar10, cifar100): remove "
+            "the key"
+        )
+    if cfg.val_subset > len(val):
+        raise ConfigError(
+            f"data.val_subset={cfg.val_subset} is larger than the validation set ({len(val)} "
+            f"examples); use at most {len(val)}, or leave it unset (null)"
+        )
+    keep = stratified_subset(val.y.cpu(), cfg.val_subset, cfg.split_seed)
+    info = {**bundle.info, "num_val": cfg.val_subset, "val_subset_of": len(val)}
+    return dataclasses.replace(bundle, val=val.subset(keep), info=info)
