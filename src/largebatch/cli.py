@@ -129,6 +129,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"presets (largebatch train NAME; files in {presets_root()}):")
         for name in presets:
             print(f"  {name}")
+    for subdir, command in (
+        ("sweeps", "sweep configs/sweeps/NAME.yaml"),
+        ("compare", "compare NAME"),
+    ):
+        found = list_presets(subdir)
+        if found:
+            print(f"{subdir} presets (largebatch {command}):")
+            for name in found:
+                print(f"  {name}")
     return 0
 
 
