@@ -137,3 +137,27 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert resumed.status == "completed"
     a, b = params_of(tmp_path / "straight"), params_of(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["optim.sam=sam"],
+        ["optim.sam=msam", "train.micro_batch_size=16"],
+        ["optim.sam=momentum"],
+        ["optim.grad_penalty=0.01", "optim.grad_penalty_form=finite_difference"],
+    ],
+    ids=["sam", "msam", "momentum", "penalty-fd"],
+)
+def test_sharpness_kinds_compiled_match_eager_and_run_in_bf16(tmp_path, device, no_tf32, extra):
+    """The perturbation moves the weights in place between calls of the compiled model: the
+    compiled run must follow the eager one, and bf16 autocast must stay finite."""
+    eager = train(tiny_config(*extra), tmp_path / "eager")
+    compiled = train(tiny_config(*extra, "train.compile=true"), tmp_path / "compiled")
+    bf16 = train(tiny_config(*extra, "train.amp=bf16"), tmp_path / "bf16")
+    assert (eager.status, compiled.status, bf16.status) == ("completed",) * 3
+    a, b = params_of(tmp_path / "eager"), params_of(tmp_path / "compiled")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-3, rtol=1e-3), k
+    rows = read_metrics(tmp_path / "bf16")
+    assert all(math.isfinite(r["running_loss"]) for r in rows)
