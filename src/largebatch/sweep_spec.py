@@ -123,6 +123,26 @@ def _seeds(spec: Path, key: str, value: Any) -> list[int]:
     raise UserError(f"{spec}: '{key}' must be a count or a list of integers, got {value!r}")
 
 
+def read_spec_file(
+    path: Path, what: str, presets: str, keys: tuple[str, ...], needs: str
+) -> dict[str, Any]:
+    """A spec file's top-level mapping (YAML floats as numbers), its keys checked against
+    ``keys``; every problem is one :class:`UserError` naming the file."""
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist (presets are in {presets})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{what} '{path}' must be a mapping with {needs}")
+    raw = normalise_yaml_floats(raw)
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(keys)}")
+    return raw
+
+
 def load_spec(
     path: str | Path,
     quick: bool = False,
@@ -138,18 +158,7 @@ def load_spec(
         overrides: ``KEY=VALUE`` strings applied to every run, last (e.g. ``data.root=DIR``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep spec '{path}' does not exist (presets are in configs/sweeps/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"sweep spec '{path}' is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"sweep spec '{path}' must be a mapping with at least 'base'")
-    raw = normalise_yaml_floats(raw)
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(SPEC_KEYS)}")
+    raw = read_spec_file(path, "sweep spec", "configs/sweeps/", SPEC_KEYS, "at least 'base'")
     if "base" not in raw or not isinstance(raw["base"], str):
         raise UserError(f"{path}: 'base' must name a config file, e.g. base: ../mnist1d_cnn.yaml")
     base = Path(raw["base"])

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from largebatch.compare.candidates import Candidate, candidate_from_dict
-from largebatch.config import normalise_yaml_floats
 from largebatch.errors import UserError
+from largebatch.sweep_spec import read_spec_file
 
 SPEC_KEYS = (
     "name",
@@ -99,18 +97,9 @@ def load_compare_spec(
     path: str | Path, quick: bool = False, overrides: list[str] | None = None
 ) -> CompareSpec:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"comparison spec '{path}' does not exist (presets: configs/compare/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"comparison spec '{path}' is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"comparison spec '{path}' must be a mapping with base, small and large")
-    raw = normalise_yaml_floats(raw)
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(SPEC_KEYS)}")
+    raw = read_spec_file(
+        path, "comparison spec", "configs/compare/", SPEC_KEYS, "base, small and large"
+    )
     for key in ("base", "small", "large"):
         if key not in raw:
             raise UserError(f"{path}: '{key}' is missing (base config, small and large batch)")
