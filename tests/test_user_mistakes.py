@@ -403,3 +403,194 @@ def test_val_subset_is_stratified_the_same_for_every_run_and_refused_where_it_ca
         build_dataset(load_config(None, [*base, "data.val_subset=100000"]).data)
     with pytest.raises(ConfigError, match="must be > 0"):
         load_config(None, [*base, "data.val_subset=0"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing silent, nothing lost, round 2
+
+
+def _sweep_spec(folder: Path, text: str) -> Path:
+    spec = folder / "spec.yaml"
+    spec.write_text(
+        f"base: {MLP}\n"
+        "overrides: {data.num_samples: 600, train.epochs: 1, train.progress: false}\n" + text
+    )
+    return spec
+
+
+def test_sweep_spec_with_two_settings_of_one_label(tmp_path, capsys):
+    spec = _sweep_spec(
+        tmp_path,
+        'runs:\n  - {label: "x"}\n  - {label: "x", noise.alpha: 1.0e-5}\n',
+    )
+    rc, err = run_cli(["sweep", str(spec), "--out", str(tmp_path / "sweep")], capsys)
+    line = check_one_error(err, rc, "sweep", "'x'")
+    assert "label" in line
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_out_that_is_a_file(tmp_path, capsys):
+    spec = _sweep_spec(tmp_path, "")
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    rc, err = run_cli(["sweep", str(spec), "--out", str(target)], capsys)
+    check_one_error(err, rc, "sweep", str(target))
+    assert target.read_text() == "a file"
+    rc, err = run_cli(["sweep", str(spec), "--out", str(target / "sub")], capsys)
+    check_one_error(err, rc, "sweep", "--out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only folder")
+def test_sweep_out_that_is_not_writable(tmp_path, capsys):
+    spec = _sweep_spec(tmp_path, "")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        rc, err = run_cli(["sweep", str(spec), "--out", str(locked / "sweep")], capsys)
+        check_one_error(err, rc, "sweep", "writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs": a few hundred bytes whose aliases expand to width**levels values."""
+    names = "abcdefghijklmnop"
+    items = [f"{names[0]}: &{names[0]} [" + ",".join(["lol"] * width) + "]"]
+    for i in range(1, levels):
+        items.append(f"{names[i]}: &{names[i]} [" + ",".join([f"*{names[i - 1]}"] * width) + "]")
+    return "\n".join(items) + "\n"
+
+
+def _timed(args: list[str], capsys) -> tuple[int | None, str, float]:
+    import time
+
+    started = time.perf_counter()
+    rc, err = run_cli(args, capsys)
+    return rc, err, time.perf_counter() - started
+
+
+def test_yaml_alias_bomb_in_a_config_file(tmp_path, capsys):
+    bomb = _alias_bomb()
+    assert len(bomb) < 1000
+    config = tmp_path / "bomb.yaml"
+    config.write_text(bomb)
+    rc, err, took = _timed(["train", str(config), "--out", str(tmp_path / "run")], capsys)
+    check_one_error(err, rc, "train", "expand to more than")
+    assert took < 1.0
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_alias_bomb_in_an_override(tmp_path, capsys):
+    flow = "{" + _alias_bomb().strip().replace("\n", ", ") + "}"
+    rc, err, took = _timed(
+        ["train", MLP, f"model.hidden={flow}", "--out", str(tmp_path / "run")], capsys
+    )
+    line = check_one_error(err, rc, "train", "model.hidden")
+    assert "expand to more than" in line
+    assert took < 1.0
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_alias_bomb_in_a_sweep_spec(tmp_path, capsys):
+    spec = _sweep_spec(tmp_path, "description: &top\n  " + _alias_bomb().replace("\n", "\n  "))
+    rc, err, took = _timed(["sweep", str(spec), "--out", str(tmp_path / "sweep")], capsys)
+    check_one_error(err, rc, "sweep", "expand to more than")
+    assert took < 1.0
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_yaml_alias_bomb_in_a_run_config(tmp_path, capsys, trained):
+    run = copy_run(trained, tmp_path / "run")
+    (run / "config.yaml").write_text(_alias_bomb())
+    rc, err, took = _timed(["analyze", "hessian", str(run)], capsys)
+    check_one_error(err, rc, "analyze", "expand to more than")
+    assert took < 1.0
+
+
+def test_yaml_aliases_within_the_budget_still_work(tmp_path):
+    from largebatch.config import load_config
+
+    config = tmp_path / "aliased.yaml"
+    config.write_text(
+        "train: &t {epochs: 1, global_batch_size: 64}\nmodel: {name: mlp, hidden: &h [16, 16]}\n"
+    )
+    cfg = load_config(config, ["data.num_samples=600", "optim.base_batch_size=64"])
+    assert cfg.model.hidden == [16, 16] and cfg.train.epochs == 1
+
+
+def test_resume_to_fewer_epochs_than_the_run_made(tmp_path, capsys, cache, trained):
+    run = copy_run(trained, tmp_path / "run")
+    before = (run / "config.yaml").read_bytes()
+    summary = (run / "summary.json").read_bytes()
+    rc, err = run_cli(
+        ["train", MLP, *TINY, cache, "train.epochs=1", "--out", str(run), "--resume"], capsys
+    )
+    line = check_one_error(err, rc, "train", "train.epochs>=2")
+    assert "2 epochs" in line
+    assert (run / "config.yaml").read_bytes() == before  # the record is not rewritten
+    assert (run / "summary.json").read_bytes() == summary
+    # the run's own length still resumes (nothing to do) and says so
+    rc = run_cli(["train", MLP, *TRAINED, cache, "--out", str(run), "--resume"], capsys)[0]
+    assert rc == 0
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_to_a_sweep_stops_its_runs_and_leaves_no_orphan(tmp_path, cache):
+    import signal
+    import time
+
+    epochs = 30
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"base: {MLP}\n"
+        f"overrides: {{data.num_samples: 600, train.epochs: {epochs}, train.progress: false, "
+        "model.hidden: [16], train.global_batch_size: 64, optim.base_batch_size: 64, "
+        f"data.cache_dir: '{cache.split('=', 1)[1]}'}}\n"
+    )
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "largebatch", "sweep", str(spec), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "runs" / "seed=0" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, "the run never made an epoch"
+            time.sleep(0.1)
+        children = _children_of(proc.pid)
+        assert children
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 143, err
+    assert "Traceback" not in err, err
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, and reaped by the sweep
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["stopped"]
+    summary = json.loads((out / "runs" / "seed=0" / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    done = len(metrics.read_text().splitlines())
+    assert done < epochs
+    rc, err = run_process(["sweep", str(spec), "--out", str(out)], tmp_path)
+    assert rc == 0, err
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [(r["status"], r["action"]) for r in manifest["runs"]] == [("completed", "resume")]
+    assert len(metrics.read_text().splitlines()) == epochs

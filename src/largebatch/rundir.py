@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from largebatch.checkpoint import atomic_write_bytes
-from largebatch.config import Config, config_from_dict, dump_config
+from largebatch.config import Config, YamlTooLarge, config_from_dict, dump_config, read_yaml_file
 from largebatch.errors import UserError
 
 METRIC_KEYS = (
@@ -69,16 +69,18 @@ def write_config(run_dir: Path, cfg: Config) -> None:
 
 
 def read_config_dict(run_dir: Path) -> dict[str, Any]:
-    """A run directory's ``config.yaml`` as nested dicts, read safely (``yaml.safe_load``: a
-    ``!!python/...`` tag is refused, never constructed). A file that is not YAML, or not a
-    mapping of sections, raises :class:`UserError` naming the file."""
+    """A run directory's ``config.yaml`` as nested dicts, read safely
+    (:func:`~largebatch.config.read_yaml_file`: a ``!!python/...`` tag is refused, never
+    constructed; an alias bomb or an oversized file is refused). A file that is not YAML, or not
+    a mapping of sections, raises :class:`UserError` naming the file."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     fix = "restore it from a copy, or train the run afresh into another --out"
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        raw = read_yaml_file(path)
+    except YamlTooLarge as e:
+        raise UserError(f"{path} is not a readable run config ({e}); {fix}") from None
     except yaml.YAMLError as e:
         problem = str(getattr(e, "problem", None) or type(e).__name__)
         mark = getattr(e, "problem_mark", None)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -86,6 +88,23 @@ def _check_data(spec: SweepSpec) -> None:
             find_files(data.name, data.root)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse, before anything runs, a sweep folder that is a file, lies under a file, or cannot
+    be written: one :class:`UserError` naming the fix."""
+    fix = "give --out a new or writable folder"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a sweep folder; {fix}")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"--out {out}: {probe} is a file, so the folder cannot be made; {fix}")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable; {fix}")
+
+
 def _device_is_cuda(spec: SweepSpec) -> bool:
     from largebatch.config import load_config
 
@@ -99,8 +118,70 @@ def _device_is_cuda(spec: SweepSpec) -> bool:
     return torch.cuda.is_available()
 
 
+class _Children:
+    """The sweep's running ``train`` children. SIGTERM or SIGINT to the sweep is forwarded to
+    each (they checkpoint and exit 128 + signal) and no further run is started; the children run
+    in their own sessions, so a Ctrl-C reaches them once, through the sweep."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen] = set()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Children:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        with self.lock:
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    # a second signal is passed on too: the children die without a checkpoint
+                    proc.send_signal(signum)
+                except OSError:
+                    pass
+        if first:
+            print(
+                f"sweep: {signal.Signals(signum).name}: stopping {len(procs)} running run(s) "
+                "at a checkpoint; run the sweep again to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def start(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen | None:
+        with self.lock:
+            if self.signum is not None:
+                return None
+            proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self.procs.add(proc)
+            return proc
+
+    def wait(self, proc: subprocess.Popen) -> int:
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.procs.discard(proc)
+
+
 def _train(
-    spec: SweepSpec, run: PlannedRun, run_dir: Path, log: Path, threads: int | None
+    spec: SweepSpec,
+    run: PlannedRun,
+    run_dir: Path,
+    log: Path,
+    threads: int | None,
+    children: _Children | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run in a child process; return its manifest record."""
     overrides = list(run.overrides) + ([f"train.threads={threads}"] if threads else [])
@@ -111,21 +192,27 @@ def _train(
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    children = children or _Children()
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc is None:  # the sweep was stopped before this run started
+            return {"status": "pending", "message": "not started: the sweep was stopped"}
+        returncode = children.wait(proc)
     summary = _read_summary(run_dir) or {}
     status = summary.get("status", "failed")
     message = summary.get("message", "")
-    if proc.returncode != 0 and status in ("completed", "running"):
+    if returncode != 0 and status in ("completed", "running"):
         status = "failed"  # a crash after the last summary was written
-    if proc.returncode != 0 and not message:
+    if children.signum is not None and returncode in (128 + children.signum, -children.signum):
+        status = "stopped"  # stopped by the signal the sweep passed on
+    if returncode != 0 and not message:
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        message = lines[-1] if lines else f"exit code {proc.returncode}"
+        message = lines[-1] if lines else f"exit code {returncode}"
     return {
         "status": status,
-        "returncode": proc.returncode,
+        "returncode": returncode,
         "message": message,
         "wall_s": round(time.time() - started, 2),
     }
@@ -167,11 +254,17 @@ def run_sweep(
     )
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    _check_out(out)
     _check_data(spec)
     cuda = _device_is_cuda(spec)
     workers = workers or 1
     threads = None if cuda or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--out {out} cannot be made ({e.strerror or e}); give --out a new or writable folder"
+        ) from None
     manifest_path = out / MANIFEST
     old = {}
     if manifest_path.is_file():
@@ -229,17 +322,20 @@ def run_sweep(
     )
     save()
     started, times = time.time(), []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with _Children() as children, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {}
         for run, action in todo:
             records[run.name]["status"] = "running"
             records[run.name]["action"] = action
             run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
-            futures[pool.submit(_train, spec, run, run_dir, log, threads)] = run
+            futures[pool.submit(_train, spec, run, run_dir, log, threads, children)] = run
         for future in as_completed(futures):
             run = futures[future]
             record = future.result()
             records[run.name].update(record)
+            if "wall_s" not in record:  # never started: the sweep was stopped
+                save()
+                continue
             done += 1
             times.append(record["wall_s"])
             left = total - done
@@ -250,6 +346,11 @@ def run_sweep(
                 f"  {_fmt_s(record['wall_s'])}{note}  ETA {_fmt_s(eta)}"
             )
             save()
+    if children.signum is not None:
+        manifest["signal"] = children.signum
+        manifest["wall_s"] = round(time.time() - started, 2)
+        save()
+        return out, manifest
     for words in spec.analyze:
         key = shlex.join(words)
         for run in spec.runs:
@@ -311,6 +412,15 @@ def sweep_failures(manifest: dict[str, Any]) -> list[str]:
 def cmd_sweep(args: Any) -> int:
     spec = load_spec(args.spec, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
     out, manifest = run_sweep(spec, Path(args.out) if args.out else None, workers=args.workers)
+    if manifest.get("signal"):
+        stopped = [r["name"] for r in manifest["runs"] if r["status"] == "stopped"]
+        print(
+            f"sweep {spec.name}: stopped by signal {manifest['signal']}; "
+            f"{len(stopped)} run(s) checkpointed ({', '.join(stopped) or 'none'}); "
+            f"continue with the same command (manifest {out / MANIFEST})",
+            file=sys.stderr,
+        )
+        return 128 + int(manifest["signal"])
     counts: dict[str, int] = {}
     for r in manifest["runs"]:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from largebatch.config import normalise_yaml_floats
+from largebatch.config import YamlTooLarge, normalise_yaml_floats, read_yaml_file
 from largebatch.errors import UserError
 
 SPEC_KEYS = (
@@ -131,9 +131,13 @@ def read_spec_file(
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist (presets are in {presets})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml_file(path)
     except yaml.YAMLError as e:
         raise UserError(f"{what} '{path}' is not valid YAML: {e}") from None
+    except YamlTooLarge as e:
+        raise UserError(f"{what} '{path}' refused: {e}; write the values out plainly") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{what} '{path}' must be a mapping with {needs}")
     raw = normalise_yaml_floats(raw)
@@ -229,6 +233,7 @@ def load_spec(
     base_overrides = [f"{k}={format_value(v)}" for k, v in common.items()]
     runs: list[PlannedRun] = []
     seen: set[str] = set()
+    labelled: dict[str, str] = {}  # label -> the setting it names
     for setting, label in sets:
         named = {k: f"{short[k]}={_name_value(setting[k])}" for k in varying if k in setting}
         parts = list(named.values())
@@ -240,6 +245,12 @@ def load_spec(
         if label and grid_parts:
             label = ", ".join([*grid_parts, label])  # a label is per entry, not per grid point
         label = label or ", ".join(parts) or "base"
+        if label in labelled:
+            raise UserError(
+                f"{path}: two settings have the same label '{label}' ({labelled[label]} and "
+                f"{setting_name}), so the report could select neither; give each a distinct label"
+            )
+        labelled[label] = setting_name
         overrides = base_overrides + [f"{k}={format_value(v)}" for k, v in setting.items()]
         for seed in seed_list:
             run_overrides = overrides + [f"{k}={seed}" for k in seed_keys]

@@ -238,3 +238,16 @@ candidates:
     assert (
         "## Chosen fix, confirmed on fresh seeds" in (tmp_path / "out" / "protocol.md").read_text()
     )
+
+
+def test_a_signal_during_a_stage_stops_the_protocol_with_its_exit_code(tmp_path, monkeypatch):
+    """A stage's sweep stopped by SIGTERM (its runs checkpointed) must not go on to choose from
+    partial results: the command exits 143 and says how to continue."""
+
+    def stopped(spec, out, workers=1):
+        return Path(out), {"signal": 15, "runs": []}
+
+    monkeypatch.setattr(protocol_module, "run_sweep", stopped)
+    path = write_spec(tmp_path, SPEC)
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 143
+    assert not (tmp_path / "out" / "protocol.json").exists()

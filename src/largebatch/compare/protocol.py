@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,14 @@ from largebatch.sweep import run_sweep
 from largebatch.sweep_spec import PlannedRun, SweepSpec, format_value
 
 SMALL, LARGE = "small", "large"
+
+
+class Stopped(Exception):
+    """SIGTERM / SIGINT reached the sweep of a stage: its runs were checkpointed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,9 @@ class Protocol:
     def run(self, stage: str) -> None:
         self.say(f"== {stage}")
         spec = SweepSpec(self.spec.path, self.spec.name, self.spec.base, list(self.runs.values()))
-        run_sweep(spec, self.out, workers=self.workers)
+        _, manifest = run_sweep(spec, self.out, workers=self.workers)
+        if manifest.get("signal"):
+            raise Stopped(int(manifest["signal"]))
 
     # ------------------------------------------------------------------------ reading results
     def final(self, setting: Setting, seeds: list[int]) -> dict[int, dict[str, float]]:
@@ -392,6 +403,14 @@ def cmd_compare(args: Any) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     spec = load_compare_spec(_spec_path(args.spec), quick=args.quick, overrides=args.overrides)
-    out, _ = run_protocol(spec, Path(args.out) if args.out else None, args.workers or 1)
+    try:
+        out, _ = run_protocol(spec, Path(args.out) if args.out else None, args.workers or 1)
+    except Stopped as stop:
+        print(
+            "compare: stopped by a signal; its runs were checkpointed: run the same command to "
+            "continue",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     print(f"protocol: {out / 'protocol.md'}; runs: largebatch report {out}")
     return 0

@@ -17,12 +17,13 @@ import fcntl
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from largebatch import rundir
 from largebatch.checkpoint import load_checkpoint, save_checkpoint
-from largebatch.config import Config, config_to_dict, resolved
+from largebatch.config import Config, config_to_dict, resolved, run_epochs
 from largebatch.errors import UserError
 
 # Keys that may differ between a run's stored config and the one given with --resume: they
@@ -136,7 +137,32 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict | None:
     ckpt_path = run_dir / rundir.CHECKPOINT
     if not ckpt_path.exists() and not ckpt_path.is_symlink():  # a dangling link is an error
         return None
-    return load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    _check_not_shorter(stored, cfg, checkpoint, run_dir)
+    return checkpoint
+
+
+def _check_not_shorter(stored: Config, cfg: Config, checkpoint: Any, run_dir: Path) -> None:
+    """A run cannot be resumed to fewer epochs than it already made: it would report the
+    checkpoint's model as a shorter run and record a config it did not follow."""
+    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+        return  # load_checkpoint's and the loop's own checks name what is wrong
+    done = int(checkpoint["epoch"])
+    needed = done + (1 if checkpoint.get("mid_epoch") else 0)  # a partial epoch is under way
+    if run_epochs(cfg.train, cfg.optim) >= needed:
+        return
+    least = next(
+        e
+        for e in range(1, max(needed, 1) * max(1, cfg.optim.base_batch_size) + 2)
+        if run_epochs(replace(cfg.train, epochs=e), cfg.optim) >= needed
+    )
+    made = f"{done} epochs" + (" and part of the next" if needed > done else "")
+    raise UserError(
+        f"--resume: the run in {run_dir} already made {made} (its config says "
+        f"train.epochs={stored.train.epochs}), so it cannot be resumed to "
+        f"train.epochs={cfg.train.epochs}; give train.epochs>={least}, or "
+        "train the shorter run afresh into another --out"
+    )
 
 
 def _check_length_change(stored: Config, cfg: Config, run_dir: Path) -> None:
