@@ -135,15 +135,14 @@ def optimizer_update(
     parts.optimizer.zero_grad(set_to_none=True)
     parts.chain.begin_update(num_microbatches, info)
     scale = parts.world_size / global_batch_size
-    batches = list(micro_batches) if kind in ("sam", "msam") else micro_batches
     if kind == "sam":
-        loss_sum = _sam_passes(parts, batches, scale, info)  # type: ignore[arg-type]
+        loss_sum = _sam_passes(parts, micro_batches, scale, info)  # type: ignore[arg-type]
     elif kind == "msam":
-        loss_sum = _msam_passes(parts, batches, scale, info)  # type: ignore[arg-type]
+        loss_sum = _msam_passes(parts, micro_batches, scale, info)  # type: ignore[arg-type]
     elif kind == "momentum":
-        loss_sum = _momentum_sam_passes(parts, batches, num_microbatches, scale, info)
+        loss_sum = _momentum_sam_passes(parts, micro_batches, num_microbatches, scale, info)
     else:
-        loss_sum = _plain_passes(parts, batches, num_microbatches, scale, info)
+        loss_sum = _plain_passes(parts, micro_batches, num_microbatches, scale, info)
     grad_norm = _grad_norm(parts.optimizer) if measure_grad_norm else None
     parts.chain.before_step(info)
     parts.optimizer.step()
