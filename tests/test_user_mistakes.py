@@ -594,3 +594,82 @@ def test_sigterm_to_a_sweep_stops_its_runs_and_leaves_no_orphan(tmp_path, cache)
     manifest = json.loads((out / "sweep.json").read_text())
     assert [(r["status"], r["action"]) for r in manifest["runs"]] == [("completed", "resume")]
     assert len(metrics.read_text().splitlines()) == epochs
+
+
+def test_a_second_sweep_into_a_folder_in_use(tmp_path, capsys):
+    """A sweep folder is locked like a run directory: a second sweep into it stops at once,
+    naming the holder's pid and the fix; the folder's files are left alone."""
+    import fcntl
+
+    spec = _sweep_spec(tmp_path, "")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # what a running sweep holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("424242")
+        held.flush()
+        rc, err = run_cli(["sweep", str(spec), "--out", str(out)], capsys)
+        line = check_one_error(err, rc, "sweep", "pid 424242")
+        assert "another --out" in line and "wait" in line
+        assert not (out / "sweep.json").exists()
+        assert not (out / "logs").exists()
+    # once the holder is gone (the OS drops its lock), the folder is free again
+    with open(out / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")  # exited (a zombie left to an init that does not reap)
+
+
+def test_kill_9_of_a_sweep_stops_its_run_at_a_checkpoint(tmp_path, cache):
+    import signal
+    import time
+
+    epochs = 1000  # about 20 s: still training well after the kill unless it stops
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"base: {MLP}\n"
+        f"overrides: {{data.num_samples: 600, train.epochs: {epochs}, train.progress: false, "
+        "model.hidden: [16], train.global_batch_size: 64, optim.base_batch_size: 64, "
+        f"data.cache_dir: '{cache.split('=', 1)[1]}'}}\n"
+    )
+    out = tmp_path / "sweep"
+    run_dir = out / "runs" / "seed=0"
+    metrics = run_dir / "metrics.jsonl"
+    args = [sys.executable, "-m", "largebatch", "sweep", str(spec), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        deadline = time.time() + 120
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, "the run never made an epoch"
+            time.sleep(0.1)
+        child = int((run_dir / ".lock").read_text().strip())
+        assert child in _children_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.time() + 10
+        while not _gone(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), "the orphaned run kept training after its sweep was killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped", summary
+    done = len(metrics.read_text().splitlines())
+    assert done < epochs
+    rc, err = run_process(["sweep", str(spec), "--out", str(out)], tmp_path)
+    assert rc == 0, err
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [(r["status"], r["action"]) for r in manifest["runs"]] == [("completed", "resume")]
+    assert len(metrics.read_text().splitlines()) == epochs

@@ -16,6 +16,7 @@ models in several processes on one GPU run far slower than one after another.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
@@ -105,6 +106,37 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not writable; {fix}")
 
 
+LOCK = ".lock"
+
+
+def _lock_sweep(out: Path) -> Any:
+    """Hold an OS lock on ``SWEEP/.lock`` for the sweep's life, as a run directory is locked: a
+    second sweep into the same folder stops with an error naming the holder. The OS drops the
+    lock when the holder dies (kill -9 included), so a killed sweep never blocks a re-run."""
+    try:
+        handle = open(out / LOCK, "a+")
+    except OSError as e:
+        raise UserError(
+            f"--out {out}: {out / LOCK} cannot be opened ({e.strerror or e}); "
+            "give --out a new or writable folder"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(
+            f"--out {out} is in use by another running sweep (pid {holder}); wait for it to "
+            "finish, or give this sweep another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def _device_is_cuda(spec: SweepSpec) -> bool:
     from largebatch.config import load_config
 
@@ -187,7 +219,8 @@ def _train(
     overrides = list(run.overrides) + ([f"train.threads={threads}"] if threads else [])
     cmd = [sys.executable, "-m", "largebatch", "train", str(spec.base), *overrides]
     cmd += ["--out", str(run_dir), "--resume"]
-    env = dict(os.environ)
+    # the child stops at a checkpoint if this sweep dies (kill -9 included) and it is re-parented
+    env = dict(os.environ, LARGEBATCH_PARENT_PID=str(os.getpid()))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +298,16 @@ def run_sweep(
         raise UserError(
             f"--out {out} cannot be made ({e.strerror or e}); give --out a new or writable folder"
         ) from None
+    lock = _lock_sweep(out)
+    try:
+        return _run_locked(spec, out, workers, threads, cuda, quiet)
+    finally:
+        lock.close()
+
+
+def _run_locked(
+    spec: SweepSpec, out: Path, workers: int, threads: int | None, cuda: bool, quiet: bool
+) -> tuple[Path, dict[str, Any]]:
     manifest_path = out / MANIFEST
     old = {}
     if manifest_path.is_file():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import signal
 import sys
 import time
@@ -97,12 +98,28 @@ class Progress:
 # Stop signals
 
 
+PARENT_PID_ENV = "LARGEBATCH_PARENT_PID"
+"""Set by ``largebatch sweep`` to its pid: a child whose parent is no longer that process (the
+sweep died, kill -9 included, and the child was re-parented) stops as on SIGTERM."""
+
+
 class StopFlag:
-    """Turns SIGTERM / SIGINT into a flag the loop checks between updates (main thread only)."""
+    """Turns SIGTERM / SIGINT into a flag the loop checks between updates (main thread only).
+    Under a sweep (``LARGEBATCH_PARENT_PID``), :meth:`poll` also raises the flag once the sweep
+    is gone, so an orphaned run checkpoints and exits instead of training on."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        try:
+            self._parent: int | None = int(os.environ.get(PARENT_PID_ENV, ""))
+        except ValueError:
+            self._parent = None
+
+    def poll(self) -> None:
+        """Once per update: a stop request if the parent sweep has died (one cheap syscall)."""
+        if self.signum is None and self._parent is not None and os.getppid() != self._parent:
+            self.signum = signal.SIGTERM
 
     def __enter__(self) -> StopFlag:
         import threading
@@ -321,6 +338,7 @@ def _train_epoch(run: Run, run_dir: Path, progress: Progress, stop: StopFlag) ->
         progress.epoch_time = time.perf_counter() - t0
         if bar is not None:
             bar.update(1)
+        stop.poll()
         # Under DDP every rank must read at the same updates (the read is a collective), so a
         # signal is acted on at the next common read; a single process acts at once.
         if reading or (stop.signum is not None and not dist.enabled):
