@@ -19,6 +19,7 @@ Analysis and reports read run directories; they never re-train.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -254,3 +255,34 @@ def record_environment(
     previous.setdefault("history", []).append(entry)
     write_json(path, previous)
     return previous
+
+
+LOCK = ".lock"
+"""The lock file of a run directory or a sweep folder."""
+
+
+def hold_lock(folder: Path, busy: str) -> Any:
+    """Hold an OS lock on ``folder/.lock`` for the life of the process and write this process's
+    pid in it; return the open handle (keep it). The OS drops the lock when its holder dies
+    (kill -9 included), so a crashed process never blocks the next one.
+
+    ``busy``: the error when another process holds it; ``{pid}`` names the holder.
+    """
+    try:
+        handle = open(folder / LOCK, "a+")
+    except OSError as e:
+        raise UserError(
+            f"{folder / LOCK} cannot be opened ({e.strerror or e}); choose a writable folder"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(busy.format(pid=holder)) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

@@ -16,7 +16,6 @@ models in several processes on one GPU run far slower than one after another.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import signal
@@ -106,35 +105,15 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not writable; {fix}")
 
 
-LOCK = ".lock"
-
-
 def _lock_sweep(out: Path) -> Any:
     """Hold an OS lock on ``SWEEP/.lock`` for the sweep's life, as a run directory is locked: a
-    second sweep into the same folder stops with an error naming the holder. The OS drops the
-    lock when the holder dies (kill -9 included), so a killed sweep never blocks a re-run."""
-    try:
-        handle = open(out / LOCK, "a+")
-    except OSError as e:
-        raise UserError(
-            f"--out {out}: {out / LOCK} cannot be opened ({e.strerror or e}); "
-            "give --out a new or writable folder"
-        ) from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise UserError(
-            f"--out {out} is in use by another running sweep (pid {holder}); wait for it to "
-            "finish, or give this sweep another --out"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+    second sweep into the same folder stops with an error naming the holder; a killed sweep never
+    blocks a re-run (:func:`largebatch.rundir.hold_lock`)."""
+    return rundir.hold_lock(
+        out,
+        f"--out {out} is in use by another running sweep (pid {{pid}}); wait for it to finish, "
+        "or give this sweep another --out",
+    )
 
 
 def _device_is_cuda(spec: SweepSpec) -> bool:

@@ -13,7 +13,6 @@ so a new length is refused: resume with the stored length, or train the new leng
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sys
@@ -42,7 +41,7 @@ RESUMABLE_CHANGES = {
     "data.cache_dir",
 }
 LENGTH_DEPENDENT_SCHEDULES = {"cosine"}
-LOCK = ".lock"
+LOCK = rundir.LOCK
 # What largebatch.checkpoint.atomic_write_bytes writes before its rename: ".<name>.tmp-<pid>".
 _TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -74,21 +73,11 @@ def lock_run_dir(run_dir: Path) -> Any:
     """Hold an OS lock on ``RUN/.lock`` for the life of the process; a second run into the same
     directory stops with an error naming the holder. The OS drops the lock when the holder dies
     (kill -9 included), so a crashed run never blocks ``--resume``."""
-    handle = open(run_dir / LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(
-            f"{run_dir} is in use by a running training process (pid {holder}); wait for it to "
-            "finish or choose another --out"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    handle = rundir.hold_lock(
+        run_dir,
+        f"{run_dir} is in use by a running training process (pid {{pid}}); wait for it to "
+        "finish or choose another --out",
+    )
     remove_stale_temp_files(run_dir)
     return handle
 
