@@ -10,8 +10,9 @@ to a plain update (2 for SAM, m-SAM and the finite-difference penalty).
 
 Values in the default grids are written against the base config: ``{small}`` stands for the
 small batch, ``{lr}`` for the base learning rate, ``{epochs}`` for the run's epochs (``{small}*4``:
-four times it). m-SAM's and the penalty's micro-batch is four small batches: smaller perturbation
-batches act more like the small batch's noise, but cost more passes of small batches.
+four times it). m-SAM's micro-batch is four small batches (smaller perturbation batches act more
+like the small batch's noise but cost more passes of small batches); the penalty's is the small
+batch itself, the size at which its lambda = lr_S is SGD's implicit regulariser.
 
 Example::
 

@@ -374,8 +374,9 @@ def run_protocol(
     )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
+    protocol = Protocol(spec, out, workers, say)  # checks every variant's config first
     out.mkdir(parents=True, exist_ok=True)
-    record = Protocol(spec, out, workers, say).execute()
+    record = protocol.execute()
     (out / "protocol.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     text = write_summary(record, out)
     say(text)
