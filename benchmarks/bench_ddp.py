@@ -3,7 +3,7 @@
 ``configs/fmnist_mlp.yaml`` (F-MNIST MLP 784-256-256-256-10, SGD momentum 0.9, real data) at
 batches 64 and 4096, built by :func:`largebatch.engine.build_run`. Each variant is the engine's
 :func:`~largebatch.engine.optimizer_update`, fed as the training loop feeds it
-(:class:`largebatch.bench.EngineSteps`), on identical copies of the model:
+(:class:`largebatch.experiments.bench.EngineSteps`), on identical copies of the model:
 
 - engine: the run as ``largebatch train`` builds it in one process (no DDP);
 - engine DDP: the same update with the model in ``DistributedDataParallel`` over a world-size-1

@@ -3,7 +3,7 @@ hand-written reference step, interleaved timing, and RESULTS.md sections that na
 
 Every benchmark times :func:`largebatch.engine.optimizer_update` -- the step users run -- on a
 run built by :func:`largebatch.engine.build_run` from a config where the data allow it, fed by
-:class:`largebatch.bench.EngineSteps` as the training loop feeds it. A plain
+:class:`largebatch.experiments.bench.EngineSteps` as the training loop feeds it. A plain
 PyTorch loop stays only as the reference, timed in the same process, its repetitions alternating
 with the engine's (:func:`interleaved`), so a busy machine slows both alike; medians are reported.
 """
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from largebatch.bench import EngineSteps  # noqa: F401  (the benchmarks import it from here)
 from largebatch.config import Config, load_config, resolved
 from largebatch.data.sampling import epoch_order, global_batches
 from largebatch.distributed import DistContext
 from largebatch.engine import Run, build_run
+from largebatch.experiments.bench import EngineSteps  # noqa: F401  (the benchmarks import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

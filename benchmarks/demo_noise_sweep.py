@@ -15,8 +15,8 @@ from pathlib import Path
 
 from common import machine, write_section
 
+from largebatch.experiments.sweep import load_spec, run_sweep
 from largebatch.report import write_report
-from largebatch.sweep import load_spec, run_sweep
 
 SPEC = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "demo_noise.yaml"
 

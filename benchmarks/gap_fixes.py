@@ -20,8 +20,8 @@ from pathlib import Path
 from common import machine, write_section
 
 from largebatch.report import write_report
-from largebatch.report_data import find_runs, group_runs
-from largebatch.report_gap import paired_difference
+from largebatch.report.data import find_runs, group_runs
+from largebatch.report.gap import paired_difference
 
 SPECS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 SPEC, CONFIRM = SPECS / "gap_fixes.yaml", SPECS / "gap_fixes_confirm.yaml"

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from largebatch.bench import parse_batch_sizes
 from largebatch.cli import main
 from largebatch.errors import UserError
+from largebatch.experiments.bench import parse_batch_sizes
 
 
 def test_bench_writes_table_json_and_png(tmp_path, tiny_mnist1d_overrides):

@@ -2,8 +2,8 @@
 
 import json
 
-from largebatch.demo import run_demo, spec_path
-from largebatch.sweep import load_spec
+from largebatch.experiments.demo import run_demo, spec_path
+from largebatch.experiments.sweep import load_spec
 
 TINY = ["train.epochs=2", "data.num_samples=1500"]  # 1200 train: 2 batches of 512
 
@@ -43,8 +43,8 @@ def test_demo_writes_table_curves_and_report_and_reuses_runs(tmp_path, capsys):
 
 
 def test_verdicts_follow_the_paired_interval():
-    from largebatch.demo import _judge
-    from largebatch.report_gap import Estimate
+    from largebatch.experiments.demo import _judge
+    from largebatch.report.gap import Estimate
 
     assert _judge(Estimate(0.4, 0.2, 0.6, 10)) == "closes part of the gap"
     assert _judge(Estimate(0.95, 0.6, 1.3, 10)) == "closes the whole gap"

@@ -11,8 +11,8 @@ import pytest
 matplotlib.use("Agg")
 
 from largebatch.analysis.figures import interpolation_figure  # noqa: E402
-from largebatch.report_data import Group, Run  # noqa: E402
-from largebatch.report_figures import curves_figure  # noqa: E402
+from largebatch.report.data import Group, Run  # noqa: E402
+from largebatch.report.figures import curves_figure  # noqa: E402
 
 
 def _run(train, val, seed=0):

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from largebatch.analysis.runs import load_run
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import load_config
 from largebatch.engine import UpdateParts, optimizer_update, train
 from largebatch.errors import UserError
 from largebatch.gradient.base import TransformChain, UpdateInfo
 from largebatch.rundir import read_metrics
-from largebatch.runs import load_run
 
 
 def params_of(run_dir, key="model"):
@@ -97,7 +97,7 @@ def test_shaped_noise_changes_the_run_and_resumes_bit_exactly(
     ]
     cfg = load_config(None, over)
     train(cfg, tmp_path / "straight")
-    plain = load_config(None, [*over, "noise.kind=isotropic"])
+    plain = load_config(None, [*over, "noise.kind=isotropic", "noise.match=epoch"])
     train(plain, tmp_path / "plain")
     assert not torch.equal(
         params_of(tmp_path / "straight")["net.1.weight"],

@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "largebatch",
     "largebatch.gradient.attach",
     "largebatch.gradient.base",
+    "largebatch.gradient.info",
     "largebatch.gradient.noise",
     "largebatch.optim.lars",
     "largebatch.optim.perturbation",

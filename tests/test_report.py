@@ -141,8 +141,8 @@ def test_surfaces_side_by_side_from_surface_records(tmp_path):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     result = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert "surfaces.png" in result["figures"]
-    from largebatch.report_data import find_runs, group_runs
-    from largebatch.report_figures import surfaces_figure
+    from largebatch.report.data import find_runs, group_runs
+    from largebatch.report.figures import surfaces_figure
 
     fig = surfaces_figure(group_runs(find_runs([tmp_path])))
     assert len(fig.axes) == 2  # one panel per setting that has surfaces
@@ -157,8 +157,8 @@ def test_surfaces_side_by_side_from_surface_records(tmp_path):
 
 
 def test_a_grid_line_is_named_by_what_it_holds_fixed():
-    from largebatch.report_data import Group
-    from largebatch.report_figures import _line_label
+    from largebatch.report.data import Group
+    from largebatch.report.figures import _line_label
 
     grid = [
         Group(f"lr={lr}, global_batch_size={b}", [], {}) for lr in (0.01, 0.03) for b in (64, 1024)
@@ -172,8 +172,8 @@ def test_a_grid_line_is_named_by_what_it_holds_fixed():
 
 
 def test_perfect_scaling_is_named_only_where_a_line_draws_it(tmp_path):
-    from largebatch.report_data import find_runs, group_runs, steps_rows
-    from largebatch.report_figures import steps_figure
+    from largebatch.report.data import find_runs, group_runs, steps_rows
+    from largebatch.report.figures import steps_figure
 
     def legend(folder):
         groups = group_runs(find_runs([folder]))

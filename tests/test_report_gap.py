@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from largebatch.report_gap import gap_closed, paired_difference
+from largebatch.report.gap import gap_closed, paired_difference
 
 
 def test_fraction_closed_is_the_ratio_of_mean_paired_differences():
@@ -58,7 +58,7 @@ def test_report_cli_gap_table_and_unknown_label(tmp_path, tiny_mnist1d_overrides
 
 
 def test_format_shows_no_interval_for_one_seed_and_no_negative_zero():
-    from largebatch.report_gap import Estimate
+    from largebatch.report.gap import Estimate
 
     assert Estimate(0.5, 0.5, 0.5, 1).format(100, 0) == "50 (1 seed)"
     assert Estimate(-0.001, -0.004, 0.002, 10).format(100, 0) == "0 [0, 0]"

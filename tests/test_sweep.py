@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from largebatch.cli import main
-from largebatch.sweep import load_spec, run_sweep
+from largebatch.experiments.sweep import load_spec, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "mnist1d_mlp.yaml"

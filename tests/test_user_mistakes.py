@@ -211,6 +211,8 @@ def test_other_commands(tmp_path, capsys, args, command):
     "overrides, needle",
     [
         (["noise.scale=0.5"], "noise.alpha"),  # the shaped kinds' key, with the isotropic kind
+        (["noise.match=step"], "noise.kind=microbatch"),  # the shaped kinds' size rule
+        (["noise.kind=diagonal", "noise.gamma=0.5"], "noise.kind=isotropic"),  # isotropic decay
         (["optim.lars_form=timm"], "optim.name=lars"),  # LARS keys under optim.name=sgd
         (["optim.trust_coefficient=0.01"], "optim.name=lars"),
     ],
@@ -226,6 +228,8 @@ def test_the_keys_still_work_where_they_act():
     from largebatch.config import load_config
 
     assert load_config(None, ["noise.kind=multiplicative", "noise.scale=0.5"]).noise.scale == 0.5
+    assert load_config(None, ["noise.kind=diagonal", "noise.match=step"]).noise.match == "step"
+    assert load_config(None, ["noise.alpha=1e-5", "noise.gamma=0.5"]).noise.gamma == 0.5
     cfg = load_config(
         None, ["optim.name=lars", "optim.lars_form=timm", "optim.trust_coefficient=0.01"]
     )
@@ -673,3 +677,74 @@ def test_kill_9_of_a_sweep_stops_its_run_at_a_checkpoint(tmp_path, cache):
     manifest = json.loads((out / "sweep.json").read_text())
     assert [(r["status"], r["action"]) for r in manifest["runs"]] == [("completed", "resume")]
     assert len(metrics.read_text().splitlines()) == epochs
+
+
+# ----------------------------------------------------------------------------------------------
+# --out and disk errors in every command: one error line, nothing lost
+
+
+def test_a_full_disk_during_a_checkpoint_loses_nothing(tmp_path, capsys, cache, monkeypatch):
+    import errno
+
+    import torch
+
+    from largebatch import checkpoint as ckpt_module
+
+    out = tmp_path / "run"
+    over = [*TINY, cache, "train.epochs=3"]
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_fill_the_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's checkpoint: half written, then the disk is full
+            f.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "checkpoints"))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", save_then_fill_the_disk)
+    rc, err = run_cli(["train", MLP, *over, "--out", str(out)], capsys)
+    line = check_one_error(err, rc, "train", "No space left on device")
+    assert "--resume" in line and "free disk space" in line
+    monkeypatch.undo()
+    kept = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1  # the first epoch's checkpoint stands, whole
+    assert not list((out / "checkpoints").glob(".last.pt.tmp-*"))  # no half file left
+    assert run_cli(["train", MLP, *over, "--out", str(out), "--resume"], capsys)[0] == 0
+    reference = tmp_path / "reference"
+    assert run_cli(["train", MLP, *over, "--out", str(reference)], capsys)[0] == 0
+    a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_disk_error_in_any_command_is_one_line(tmp_path, capsys, trained, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "rep" / "x"))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    rc, err = run_cli(["report", str(trained), "--out", str(tmp_path / "rep")], capsys)
+    check_one_error(err, rc, "report", "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", MLP, *TINY],
+        ["sweep", str(REPO / "configs" / "sweeps" / "demo.yaml"), "--quick"],
+        ["compare", str(REPO / "configs" / "compare" / "demo.yaml"), "--quick"],
+        ["demo", "--quick"],
+        ["bench", MLP, "--steps", "1", "--batch-sizes", "8"],
+        ["report", "TRAINED"],
+        ["analyze", "interpolate", "TRAINED", "TRAINED", "--range", "0:1:2"],
+    ],
+)
+def test_out_that_is_a_file_in_every_command(tmp_path, capsys, trained, command):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    args = [str(trained) if a == "TRAINED" else a for a in command]
+    rc, err = run_cli([*args, "--out", str(taken)], capsys)
+    check_one_error(err, rc, command[0], str(taken))
+    assert taken.read_text() == "a file"

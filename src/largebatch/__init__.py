@@ -46,8 +46,7 @@ normalised by its own statistics, ``y_j = gamma (x_j - mean(x_j)) / sqrt(var(x_j
     'GhostBatchNorm1d'
 """
 
-__version__ = "0.1.0"
-
+from largebatch._version import __version__  # noqa: E402
 from largebatch.gradient.base import GradientTransform, TransformChain, UpdateInfo  # noqa: E402
 from largebatch.gradient.noise import GradientNoise, noise_variance  # noqa: E402
 

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from largebatch.errors import UserError
+from largebatch.errors import UserError, describe_os_error
 
 
 def _default_out(config: str | None) -> Path:
@@ -86,6 +86,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(args.config)
     try:
         result = train(cfg, out, resume=args.resume, stop_after_epochs=args.stop_after)
+    except OSError as e:
+        shutdown_distributed(completed=False)
+        if not (out / "config.yaml").is_file():
+            raise
+        # Checkpoints are written to a temporary file and renamed: the last complete one stands.
+        raise UserError(
+            f"{describe_os_error(e)}; the run's last complete checkpoint is intact: continue "
+            f"with {resume_command(args, out)}"
+        ) from None
     except BaseException:
         shutdown_distributed(completed=False)
         raise
@@ -153,13 +162,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from largebatch.demo import run_demo
+    from largebatch.experiments.demo import run_demo
 
     return run_demo(quick=args.quick, out=Path(args.out) if args.out else None, seeds=args.seeds)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from largebatch.sweep import cmd_sweep
+    from largebatch.experiments.sweep import cmd_sweep
 
     return cmd_sweep(args)
 
@@ -268,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list datasets, models and presets")
     p.set_defaults(func=cmd_list)
 
-    from largebatch.bench import add_bench_parser
+    from largebatch.experiments.bench import add_bench_parser
 
     add_bench_parser(sub)
 
@@ -288,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"largebatch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk, a read-only folder, a path that is a file: the machine, not a bug.
+        print(f"largebatch {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Training itself turns Ctrl-C into a checkpointed stop; this is Ctrl-C before or after.

@@ -640,6 +640,19 @@ def validate(cfg: Config) -> None:
             f"noise.alpha is the isotropic kind's variance; with noise.kind={n.kind} the size "
             "comes from noise.match and noise.scale: set noise.alpha=0"
         )
+    if n.kind != "isotropic" and n.gamma != NoiseConfig.gamma:
+        raise ConfigError(
+            f"noise.gamma={n.gamma:g} is the isotropic kind's decay and does nothing with "
+            f"noise.kind={n.kind} (its size follows the measured gradient noise, noise.match "
+            "and noise.scale): drop noise.gamma, or use noise.kind=isotropic with noise.alpha"
+        )
+    if n.kind == "isotropic" and n.match != NoiseConfig.match:
+        raise ConfigError(
+            f"noise.match={n.match} sizes the shaped kinds' noise and does nothing with "
+            "noise.kind=isotropic (its size is noise.alpha / (1 + t)^noise.gamma): drop "
+            "noise.match, or choose a shaped kind (noise.kind=microbatch, diagonal or "
+            "multiplicative)"
+        )
     if n.kind != "isotropic" and n.placement != "gradient":
         raise ConfigError(f"noise.placement=update is for the isotropic kind only, not {n.kind}")
     if n.kind == "isotropic" and n.scale != NoiseConfig.scale:

@@ -199,10 +199,10 @@ def cpu_model() -> str:
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     import numpy
 
-    import largebatch
+    from largebatch._version import __version__
 
     env: dict[str, Any] = {
-        "largebatch": largebatch.__version__,
+        "largebatch": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,

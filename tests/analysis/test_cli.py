@@ -12,10 +12,10 @@ import torch
 
 from largebatch.analysis.eigen import lanczos
 from largebatch.analysis.hvp import HessianOperator, fixed_batches
+from largebatch.analysis.runs import load_run
 from largebatch.cli import main
 from largebatch.config import load_config
 from largebatch.engine import train
-from largebatch.runs import load_run
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +172,24 @@ def test_bad_input_exits_2_with_a_message_naming_the_fix(runs, tmp_path, capsys)
     assert "1 <= K <=" in capsys.readouterr().err
     assert analyze("sharpness", small, "--epsilon", 0) == 2
     assert not (no_ckpt / "analysis").exists()
+
+
+def test_noise_scale_of_a_shaped_noise_run_reports_the_recorded_injected_variance(tmp_path):
+    # The shaped kinds size their noise from gradients measured in training: the analysis must
+    # report what the run injected (metrics.jsonl), not the isotropic closed form (0 here).
+    base = [o for o in BASE if not o.startswith("noise.alpha")]
+    run_dir = tmp_path / "shaped"
+    overrides = [*base, *MLP, "train.global_batch_size=64", "train.micro_batch_size=16"]
+    result = train(
+        load_config(None, [*overrides, "noise.kind=microbatch", "noise.match=step"]), run_dir
+    )
+    assert result.status == "completed"
+    assert analyze("noise-scale", run_dir, "--samples", 64) == 0
+    values = read(run_dir / "analysis" / "noise_scale.json")["values"]
+    final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["noise_variance"] > 0
+    assert values["injected_variance_per_entry"] == final["noise_variance"]
+    assert values["noise_kind"] == "microbatch"
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "steps.jsonl").unlink()
+    assert analyze("noise-scale", run_dir, "--samples", 64) == 2

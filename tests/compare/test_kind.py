@@ -14,7 +14,7 @@ from largebatch.cli import main
 from largebatch.compare import kind as kind_module
 from largebatch.compare.kind import diagnose, diagnose_groups, format_diagnosis
 from largebatch.config import config_from_dict, config_to_dict
-from largebatch.report_data import find_runs, group_runs
+from largebatch.report.data import find_runs, group_runs
 
 # {seed: (train_acc, val_acc)}: the small batch, and large batches made to have each kind.
 SMALL = {0: (1.00, 0.95), 1: (1.00, 0.94), 2: (0.99, 0.95), 3: (0.99, 0.96)}

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from largebatch.bench import EngineSteps
 from largebatch.checkpoint import load_checkpoint
 from largebatch.config import load_config, resolved
 from largebatch.distributed import DistContext
 from largebatch.engine import build_run, train
+from largebatch.experiments.bench import EngineSteps
 from largebatch.rundir import read_metrics
 
 from .conftest import DEVICE, GPU, image_tree, tiny_config

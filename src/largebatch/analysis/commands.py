@@ -43,12 +43,13 @@ from largebatch.errors import UserError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from largebatch.analysis.runs import LoadedRun
     from largebatch.data import Split
-    from largebatch.runs import LoadedRun
 
 
 def _load(run_dir: str, device: str) -> LoadedRun:
-    from largebatch.runs import load_run  # the engine and data stack: only when a command runs
+    # the engine and data stack: only when a command runs
+    from largebatch.analysis.runs import load_run
 
     return load_run(run_dir, device=device)
 
@@ -347,6 +348,27 @@ def cmd_surface(args: argparse.Namespace) -> int:
 # noise-scale
 
 
+def recorded_noise_variance(run_dir: Path, step: int) -> float:
+    """The injected variance per entry the run recorded at its last update up to ``step``
+    (``noise_variance`` of ``metrics.jsonl`` and ``steps.jsonl``): the shaped kinds size their
+    noise from gradients measured during training, so no closed form gives it afterwards."""
+    from largebatch import rundir
+
+    rows = [
+        row
+        for name in (rundir.METRICS, rundir.STEPS)
+        for row in rundir.read_jsonl(run_dir / name)
+        if "noise_variance" in row and int(row.get("step", -1)) <= step
+    ]
+    if not rows:
+        raise UserError(
+            f"noise-scale: {run_dir} records no injected noise variance up to update {step} "
+            "(its metrics.jsonl and steps.jsonl are missing or empty); the shaped noise kinds' "
+            "size is measured during training, so re-run or resume the run to record it"
+        )
+    return float(max(rows, key=lambda row: int(row["step"]))["noise_variance"])
+
+
 def cmd_noise_scale(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run = _load(args.run, args.device)
@@ -362,14 +384,18 @@ def cmd_noise_scale(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(f"noise-scale: {e}") from None
     cfg = run.config
+    step = int(run.checkpoint.get("step", 0))
+    injected = None if cfg.noise.kind == "isotropic" else recorded_noise_variance(run.run_dir, step)
     comparison = noise_comparison(
         scale,
         alpha=cfg.noise.alpha,
         gamma=cfg.noise.gamma,
-        step=int(run.checkpoint.get("step", 0)),
+        step=step,
         batch_size=cfg.train.global_batch_size,
         base_batch_size=cfg.optim.base_batch_size,
+        injected=injected,
     )
+    comparison["noise_kind"] = cfg.noise.kind
     record = _record("noise-scale", args, run, started)
     record.update(
         bn_mode=args.bn_mode,

@@ -211,6 +211,7 @@ def noise_comparison(
     step: int,
     batch_size: int,
     base_batch_size: int | None = None,
+    injected: float | None = None,
 ) -> dict[str, Any]:
     """The injected noise beside the mini-batch noise, per gradient entry, at one checkpoint.
 
@@ -221,8 +222,12 @@ def noise_comparison(
         batch_size: the run's global batch ``B``.
         base_batch_size: the small batch the run's learning rate was set for; when smaller than
             ``B``, the variance the larger batch removed, ``tr(Sigma) / P * (1/b - 1/B)``, is given.
+        injected: the injected variance per entry when it is not the isotropic closed form
+            (the shaped kinds size their noise from measured gradients: the run records it in
+            ``steps.jsonl``); ``None``: ``alpha / (1 + step)^gamma``.
     """
-    injected = injected_noise_variance(alpha, gamma, step)
+    if injected is None:
+        injected = injected_noise_variance(alpha, gamma, step)
     at_batch = minibatch_noise_variance(scale.trace_sigma, scale.num_params, batch_size)
     out: dict[str, Any] = {
         "alpha": alpha,

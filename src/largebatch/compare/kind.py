@@ -16,7 +16,7 @@ stabilisers, more updates). A generalization gap means it fits as well but valid
 a *regulariser* first (the SAM family, label smoothing, Ghost BatchNorm, gradient noise).
 
 Each of D, F and G comes with a 95% percentile bootstrap interval over seeds
-(:func:`largebatch.report_gap._bootstrap`, the same resamples for all three, so the pairing is
+(:func:`largebatch.report.gap._bootstrap`, the same resamples for all three, so the pairing is
 kept).
 
 Decision rule, with ``min_points`` (default 0.5 points) the smallest effect worth a fix:
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from largebatch.report_gap import RESAMPLES, Estimate, _bootstrap
+from largebatch.report.gap import RESAMPLES, Estimate, _bootstrap
 
 KINDS = ("fit", "generalization", "both", "none")
 
@@ -168,7 +168,7 @@ def _final(group) -> dict[int, tuple[float, float]]:
 
 
 def diagnose_groups(small_group, large_group, min_points: float = 0.5) -> GapDiagnosis:
-    """:func:`diagnose` from two :class:`largebatch.report_data.Group` (their completed runs'
+    """:func:`diagnose` from two :class:`largebatch.report.data.Group` (their completed runs'
     last line of ``metrics.jsonl``)."""
     return diagnose(_final(small_group), _final(large_group), min_points)
 

@@ -37,8 +37,8 @@ from largebatch.compare.kind import GapDiagnosis, diagnose
 from largebatch.compare.spec import CompareSpec
 from largebatch.config import load_config
 from largebatch.errors import UserError
-from largebatch.sweep import run_sweep
-from largebatch.sweep_spec import PlannedRun, SweepSpec, format_value
+from largebatch.experiments.spec import PlannedRun, SweepSpec, format_value
+from largebatch.experiments.sweep import run_sweep
 
 SMALL, LARGE = "small", "large"
 

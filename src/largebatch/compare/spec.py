@@ -32,7 +32,7 @@ from typing import Any
 
 from largebatch.compare.candidates import Candidate, candidate_from_dict
 from largebatch.errors import UserError
-from largebatch.sweep_spec import read_spec_file
+from largebatch.experiments.spec import read_spec_file
 
 SPEC_KEYS = (
     "name",

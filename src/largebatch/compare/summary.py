@@ -9,7 +9,7 @@ On the confirm seeds only, paired by seed (``a_X(s)`` final validation accuracy,
     left       = mean_s [a_small+fix(s) - a_fix(s)]          (the batch effect left when both
                                                               batches get the fix)
 
-each with its 95% percentile bootstrap interval over seeds (:mod:`largebatch.report_gap`). The
+each with its 95% percentile bootstrap interval over seeds (:mod:`largebatch.report.gap`). The
 target of a fix: ``closed >= 90%`` with the interval's lower end above 50%, at no more than 1.5x
 the large batch's time per epoch.
 """
@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from largebatch.report_gap import gap_closed, paired_difference
+from largebatch.report.gap import gap_closed, paired_difference
 
 TARGET_CLOSED, TARGET_LOW, TARGET_COST = 0.9, 0.5, 1.5
 

@@ -340,9 +340,13 @@ def _train_epoch(run: Run, run_dir: Path, progress: Progress, stop: StopFlag) ->
             bar.update(1)
         stop.poll()
         # Under DDP every rank must read at the same updates (the read is a collective), so a
-        # signal is acted on at the next common read; a single process acts at once.
-        if reading or (stop.signum is not None and not dist.enabled):
+        # signal is acted on at the next common read. A single process stops at once, without a
+        # read: the updates since the last read ride in the checkpoint (``window``), so the
+        # resumed run's next row averages the same updates as an uninterrupted run's.
+        if reading:
             _read(run, run_dir, progress, stop, bar)
+        elif stop.signum is not None and not dist.enabled:
+            progress.stop_requested = True
         if cfg.train.eval_every_steps and progress.step % cfg.train.eval_every_steps == 0:
             _eval_steps(run, run_dir, progress)
         if progress.stop_requested and progress.position < len(batches):
@@ -520,7 +524,13 @@ def _mid_epoch_states(run: Run, progress: Progress) -> list[Any] | None:
     if not progress.position:
         return None
     assert progress.epoch_loss is not None
-    mine = {"rng": progress.rng, "epoch_loss": float(progress.epoch_loss)}
+    window = torch.stack(progress.window).cpu() if progress.window else None
+    mine = {
+        "rng": progress.rng,
+        "epoch_loss": float(progress.epoch_loss),
+        "window": window,  # the loss sums of the updates since the last read
+        "window_examples": progress.window_examples,
+    }
     return run.dist.all_gather_object(mine)
 
 
@@ -572,6 +582,9 @@ def _restore(run: Run, checkpoint: dict | None) -> Progress:
         progress.position = int(mid["position"])
         progress.rng = mine["rng"]
         progress.epoch_loss.fill_(mine["epoch_loss"])  # type: ignore[union-attr]
+        if mine.get("window") is not None:
+            progress.window = list(mine["window"].to(run.device).unbind())
+            progress.window_examples = int(mine["window_examples"])
         progress.epoch_examples = int(mid["epoch_examples"])
         progress.epoch_time = float(mid["epoch_time"])
     return progress

@@ -115,7 +115,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from largebatch.gradient.base import GradientTransform, TransformChain, UpdateInfo
+from largebatch.gradient.info import Attachable, Chain, UpdateInfo
 
 STATE_KEY = "largebatch"
 
@@ -142,14 +142,6 @@ def _is_state_init_step(optimizer: torch.optim.Optimizer) -> bool:
     return not any(bool(g.any()) for g in grads)
 
 
-def _needs_microbatches(t: GradientTransform) -> bool:
-    cls = type(t)
-    return (
-        cls.after_microbatch is not GradientTransform.after_microbatch
-        or cls.loss_weights is not GradientTransform.loss_weights
-    )
-
-
 class AttachHandle:
     """What :func:`attach` returns: ``remove()`` takes every hook off the optimizer.
 
@@ -157,14 +149,15 @@ class AttachHandle:
     (so the handle is a ``torch.distributed.checkpoint`` ``Stateful``).
 
     Attributes:
-        chain: the transforms the optimizer runs, as a :class:`TransformChain`.
+        chain: the transforms the optimizer runs, as a
+            :class:`~largebatch.gradient.base.TransformChain`.
         key: the entry of ``optimizer.state_dict()["largebatch"]`` holding their state.
         step: optimizer updates completed through this attachment (``UpdateInfo.step``).
     """
 
     def __init__(
         self,
-        chain: TransformChain,
+        chain: Chain,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None,
         key: str,
@@ -371,7 +364,7 @@ class AttachHandle:
         self.remove()
 
 
-def _check_params(chain: TransformChain, optimizer: torch.optim.Optimizer) -> None:
+def _check_params(chain: Chain, optimizer: torch.optim.Optimizer) -> None:
     """Every parameter a transform acts on must be one the optimizer updates (by identity):
     otherwise its noise lands on gradients no step reads (built on another model: nothing at
     all happens) or, at stage ``update``, moves weights the optimizer leaves alone."""
@@ -391,14 +384,15 @@ def _check_params(chain: TransformChain, optimizer: torch.optim.Optimizer) -> No
 
 
 def attach(
-    transform: GradientTransform | TransformChain,
+    transform: Attachable,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
 ) -> AttachHandle:
     """Run ``transform`` once per ``optimizer.step`` (see the module docstring for every case).
 
     Args:
-        transform: a :class:`GradientTransform` or a :class:`TransformChain` (run in list order).
+        transform: a :class:`~largebatch.gradient.base.GradientTransform` or a
+            :class:`~largebatch.gradient.base.TransformChain` (run in list order).
         optimizer: any ``torch.optim.Optimizer``.
         scaler: the ``torch.amp.GradScaler`` the loop steps through, if any. Not needed for
             correctness (a skipped step never calls ``optimizer.step``); given, it makes a plain
@@ -411,8 +405,8 @@ def attach(
     (``optimizer.param_groups[0]["largebatch"]``) is loaded here, so the run resumes exactly;
     see the module docstring for when ``attach`` warns instead.
     """
-    chain = transform if isinstance(transform, TransformChain) else TransformChain([transform])
-    refused = [t.name for t in chain.transforms if _needs_microbatches(t)]
+    chain = transform.as_chain()
+    refused = chain.acts_per_microbatch()
     if refused:
         raise ValueError(
             f"transforms {refused} act per micro-batch (after_microbatch / loss_weights) and "

@@ -47,40 +47,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from largebatch.gradient.attach import AttachHandle
+from largebatch.gradient.attach import AttachHandle, attach
+from largebatch.gradient.info import UpdateInfo
+
+__all__ = ["STAGES", "GradientTransform", "TransformChain", "UpdateInfo"]
+
 
 STAGES = ("gradient", "update")
-
-
-@dataclass(frozen=True)
-class UpdateInfo:
-    """What a transform may know about the update it acts on.
-
-    Attributes:
-        step: ``t``, the number of completed optimizer updates before this one (first: 0).
-        lr: the learning rate of this update (after scaling, warmup and decay); with parameter
-            groups of different learning rates, group 0's.
-        param_lrs: ``id(param) -> lr`` of the parameter's group when the optimizer's groups
-            have different learning rates (``attach`` fills it), else ``None``: every parameter
-            then steps with ``lr``. Read it through :meth:`lr_of`.
-    """
-
-    step: int
-    lr: float
-    param_lrs: Mapping[int, float] | None = field(default=None, compare=False, repr=False)
-
-    def lr_of(self, param: torch.Tensor) -> float:
-        """The learning rate ``param`` steps with in this update (its group's)."""
-        if self.param_lrs is None:
-            return self.lr
-        return self.param_lrs.get(id(param), self.lr)
 
 
 class GradientTransform:
@@ -118,9 +95,12 @@ class GradientTransform:
         """Run this transform once per ``optimizer.step`` (plain, closure, GradScaler,
         accumulation) with its state in ``optimizer.state_dict()``; see
         :func:`largebatch.gradient.attach.attach`. ``handle.remove()`` detaches."""
-        from largebatch.gradient.attach import attach
-
         return attach(self, optimizer, scaler)
+
+    def as_chain(self) -> TransformChain:
+        """This transform alone, as a chain (what :func:`~largebatch.gradient.attach.attach`
+        runs)."""
+        return TransformChain([self])
 
 
 class TransformChain:
@@ -141,6 +121,20 @@ class TransformChain:
             if t.stage not in STAGES:
                 raise ValueError(f"transform {t.name}: stage '{t.stage}' is not one of {STAGES}")
         self.transforms = list(transforms)
+
+    def as_chain(self) -> TransformChain:
+        return self
+
+    def acts_per_microbatch(self) -> list[str]:
+        """Names of the transforms that override ``after_microbatch`` or ``loss_weights`` (they
+        need the engine's micro-batch loop, so ``attach`` refuses them)."""
+        base = GradientTransform
+        return [
+            t.name
+            for t in self.transforms
+            if type(t).after_microbatch is not base.after_microbatch
+            or type(t).loss_weights is not base.loss_weights
+        ]
 
     @property
     def order(self) -> list[str]:
@@ -191,6 +185,4 @@ class TransformChain:
     ) -> AttachHandle:
         """Run the chain, in order, once per ``optimizer.step``; see
         :func:`largebatch.gradient.attach.attach`."""
-        from largebatch.gradient.attach import attach
-
         return attach(self, optimizer, scaler)

@@ -9,7 +9,7 @@ failed runs are counted, never averaged in.
 
 Writes into the output folder ``report.md`` (tables, figures, the runs, seeds and git commits it
 was made from), ``table.md`` (the main table), ``report.json`` (every number) and the PNG
-figures of :mod:`largebatch.report_figures`.
+figures of :mod:`largebatch.report.figures`.
 
 Steps to a target accuracy (Shallue et al.) use the evaluations of ``evals.jsonl``
 (``train.eval_every_steps``) together with the per-epoch rows of ``metrics.jsonl``: the first
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.errors import UserError
-from largebatch.report_data import (
+from largebatch.report.data import (
     Group,
     Run,
     default_target,
@@ -112,7 +112,7 @@ def write_report(
         target: validation accuracy (a fraction) for steps-to-target; default: the best accuracy
             every completed run reaches.
     """
-    from largebatch import report_figures
+    from largebatch.report import figures as report_figures
 
     out = Path(out)
     if gap is not None:
@@ -136,7 +136,7 @@ def write_report(
     gap_table = gap_kind = ""
     if gap is not None:
         from largebatch.compare.kind import diagnose_groups, format_diagnosis
-        from largebatch.report_gap import GAP_NOTE, find_group, format_gap_table, gap_rows
+        from largebatch.report.gap import GAP_NOTE, find_group, format_gap_table, gap_rows
 
         gap_table = format_gap_table(gap_rows(groups, *gap))
         gap_kind = format_diagnosis(diagnose_groups(*(find_group(groups, g) for g in gap)))

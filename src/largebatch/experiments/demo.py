@@ -14,7 +14,7 @@ equal epochs for all (30, as in the paper), 10 seeds per setting (``--quick``: 2
 1-D CNN with BatchNorm trained to ~100% training accuracy on 4000 MNIST-1D examples: the paper's
 regime at CPU size. Each run is a normal run directory under ``OUT/runs/``; run again, the demo
 skips the runs that completed, resumes the ones that were stopped, and one failed run does not
-stop the others (see :mod:`largebatch.sweep`).
+stop the others (see :mod:`largebatch.experiments.sweep`).
 
 Outputs in the output folder: ``report.md`` (the report of :mod:`largebatch.report` and the
 demo's verdict), ``table.md`` (the paper's Table 2 form), ``curves.png`` (train dotted,
@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from largebatch.errors import UserError
+from largebatch.experiments.sweep import load_spec, run_sweep, sweep_failures
 from largebatch.report import write_report
-from largebatch.report_data import find_runs, group_runs
-from largebatch.report_gap import Estimate, gap_rows
-from largebatch.sweep import load_spec, run_sweep, sweep_failures
+from largebatch.report.data import find_runs, group_runs
+from largebatch.report.gap import Estimate, gap_rows
 
 NOISE_ALPHA = 1e-5
 NOISE_GAMMA = 0.55
@@ -68,7 +68,7 @@ def _judge(closed: Estimate) -> str:
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
-    """Rows of :func:`largebatch.report_gap.gap_rows` in the spec's order: small batch, large
+    """Rows of :func:`largebatch.report.gap.gap_rows` in the spec's order: small batch, large
     batch, then the fixes."""
     if len(rows) < 3 or min(r["n"] for r in rows[:2]) == 0:
         return "Some settings have no completed run; no comparison can be made."

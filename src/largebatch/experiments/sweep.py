@@ -1,6 +1,6 @@
 """``largebatch sweep``: a grid of settings x seeds, each a normal run directory, resumable.
 
-The spec (a YAML file, see :mod:`largebatch.sweep_spec`) names a base config, a grid and/or
+The spec (a YAML file, see :mod:`largebatch.experiments.spec`) names a base config, a grid and/or
 override sets, and seeds. Each run is trained by ``python -m largebatch train BASE KEY=VALUE ...
 --out SWEEP/runs/<name> --resume`` in a child process, so a crash or a kill of one run leaves the
 others alone. Run again, a sweep skips completed runs and diverged ones (they would diverge
@@ -29,7 +29,7 @@ from typing import Any
 
 from largebatch import rundir
 from largebatch.errors import UserError
-from largebatch.sweep_spec import MANIFEST, PlannedRun, SweepSpec, load_spec
+from largebatch.experiments.spec import MANIFEST, PlannedRun, SweepSpec, load_spec
 
 __all__ = ["MANIFEST", "PlannedRun", "SweepSpec", "cmd_sweep", "load_spec", "run_sweep"]
 
