@@ -441,3 +441,32 @@ def test_lightning_trainer_weights_move_by_exactly_gradient_plus_noise(tmp_path)
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["optimizer_states"][0][STATE_KEY]["rec"]["transforms"]["rec"]["t"] == 3
+
+
+def test_a_wrapper_without_step_hooks_is_unwrapped():
+    """accelerate's AcceleratedOptimizer (what the HF Trainer hands its callbacks) never runs
+    torch.optim.Optimizer.__init__, so it has no step hooks: attach goes to the optimizer inside."""
+
+    class Wrapper(torch.optim.Optimizer):
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def step(self, closure=None):
+            return self.optimizer.step(closure)
+
+        def state_dict(self):
+            return self.optimizer.state_dict()
+
+    model, x, y = make()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    noise = RecordingNoise(model.parameters())
+    wrapped = Wrapper(opt)
+    noise.attach(wrapped)
+    w0, g = weights(model), grads_at(model, x, y)
+    loss_fn(model, x, y).backward()
+    wrapped.step()
+    assert noise.t == 1 and STATE_KEY in wrapped.state_dict()
+    expected = [sgd(w, gi + n) for w, gi, n in zip(w0, g, noise.drawn[0], strict=True)]
+    assert_equal(weights(model), expected)
+    with pytest.raises(TypeError, match="attach needs a torch.optim.Optimizer, got object"):
+        RecordingNoise(model.parameters(), name="other").attach(object())

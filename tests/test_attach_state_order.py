@@ -263,6 +263,44 @@ def test_dcp_with_the_handle_as_stateful_resumes_exactly_even_with_flattened_sta
     assert_equal(weights(model2), weights(straight(6)[0]))
 
 
+def test_dcp_loaded_before_attach_warns_once_and_its_fix_resumes_exactly(tmp_path):
+    """dcp.load fills only the keys of the state dict it is given: an optimizer loaded through
+    DCP before attach has no entry to claim. attach says so in one line, naming the DCP fix; doing
+    it (attach, build the state dict again, dcp.load, set_optimizer_state_dict) is exact."""
+    model, opt, noise, probe = build()
+    attach(TransformChain([noise, probe]), opt)
+    train(model, opt, 0, 3)
+    dcp.save(
+        {
+            "model": dsd.get_model_state_dict(model),
+            "optimizer": dsd.get_optimizer_state_dict(model, opt),
+        },
+        checkpoint_id=tmp_path,
+    )
+
+    def load_into(model2, opt2):
+        state = {
+            "model": dsd.get_model_state_dict(model2),
+            "optimizer": dsd.get_optimizer_state_dict(model2, opt2),
+        }
+        dcp.load(state, checkpoint_id=tmp_path)
+        dsd.set_model_state_dict(model2, state["model"])
+        dsd.set_optimizer_state_dict(model2, opt2, state["optimizer"])
+
+    model2, opt2, noise2, probe2 = build(seed=7, noise_seed=99)
+    load_into(model2, opt2)  # load, then attach
+    with pytest.warns(UserWarning, match="set_optimizer_state_dict") as record:
+        handle2 = attach(TransformChain([noise2, probe2]), opt2)
+    ours = [r for r in record if str(r.message).startswith("attach:")]
+    assert len(ours) == 1 and "\n" not in str(ours[0].message)
+    assert noise2.t == 0 and handle2.step == 0
+    load_into(model2, opt2)  # the fix the warning names
+    assert noise2.t == 3 and handle2.step == 3
+    train(model2, opt2, 3, 6)
+    assert_equal(weights(model2), weights(straight(6)[0]))
+    assert probe2.steps == [3, 4, 5]
+
+
 # -- 3. placement="update" with parameter groups of different learning rates ----------------------
 
 

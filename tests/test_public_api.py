@@ -18,6 +18,7 @@ PUBLIC_MODULES = [
     "largebatch.gradient.info",
     "largebatch.gradient.noise",
     "largebatch.optim.lars",
+    "largebatch.optim.penalty",
     "largebatch.optim.perturbation",
     "largebatch.optim.sam",
     "largebatch.optim.scaling",

@@ -80,7 +80,8 @@ def test_drop_in_section_has_a_block_per_piece():
         assert piece in joined, piece
     assert "scale_lr" in joined and "as_lambda_lr" in joined
     assert "SAM" in joined and "MomentumSAM" in joined
-    assert len(DROP_IN) == 6
+    assert "gradient_norm_penalty" in joined
+    assert len(DROP_IN) == 7
 
 
 @pytest.mark.parametrize("index", range(len(DROP_IN)))
@@ -143,6 +144,7 @@ NEW_KEYS = [
     "train.eval_every_steps",
     "train.compile_mode",
     "train.tensorboard",
+    "train.trackers",
     "optim.lars_form",
     "noise.kind",
     "noise.match",
@@ -152,6 +154,9 @@ NEW_KEYS = [
     "optim.sam_normalize",
     "optim.grad_penalty_form",
     "train.label_smoothing",
+    "train.loss",  # plugins
+    "train.plugins",
+    "model.args",
 ]
 
 

@@ -10,7 +10,8 @@ import pytest
 from largebatch import rundir
 from largebatch.cli import main
 from largebatch.config import load_config
-from largebatch.engine import tensorboard, train
+from largebatch.engine import trackers, train
+from largebatch.engine.trackers import tensorboard
 from largebatch.errors import UserError
 
 
@@ -56,7 +57,7 @@ def test_off_writes_nothing(tmp_path, tiny_mnist1d_overrides):
     run = tmp_path / "run"
     train(load_config(None, [*tiny_mnist1d_overrides, "train.epochs=1"]), run)
     assert not (run / tensorboard.DIRNAME).exists()
-    assert tensorboard.log(run, "train", {"loss": 1.0}, 1) is False
+    assert trackers.log(run, "train", {"loss": 1.0}, 1) is False
 
 
 def test_missing_package_is_a_user_error_naming_the_install(

@@ -54,6 +54,7 @@ from largebatch.gradient.noise import GradientNoise, noise_variance  # noqa: E40
 # are exported here by the module that defines them in largebatch/gradient/.
 from largebatch.models.ghost_batchnorm import convert_to_ghost_batchnorm  # noqa: E402
 from largebatch.optim.lars import LARS  # noqa: E402
+from largebatch.optim.penalty import gradient_norm_penalty  # noqa: E402
 from largebatch.optim.sam import SAM, MomentumSAM  # noqa: E402
 from largebatch.optim.scaling import scale_lr  # noqa: E402
 from largebatch.optim.schedules import (  # noqa: E402
@@ -77,6 +78,7 @@ __all__ = [
     "__version__",
     "as_lambda_lr",
     "convert_to_ghost_batchnorm",
+    "gradient_norm_penalty",
     "multistep_lambda",
     "noise_variance",
     "paper_lambda",

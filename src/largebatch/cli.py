@@ -2,12 +2,13 @@
 
     largebatch train CONFIG.yaml [KEY=VALUE ...] [--out DIR] [--resume] [--stop-after N]
     largebatch demo [--quick] [--out DIR] [--seeds N]
-    largebatch sweep SPEC.yaml [--out DIR] [--workers N] [--quick] [--seeds N]
+    largebatch sweep SPEC.yaml|NAME [--out DIR] [--workers N] [--quick] [--seeds N]
     largebatch report DIR... [--out DIR] [--target ACC]
     largebatch analyze {hessian,sharpness,interpolate,surface,noise-scale} ...
     largebatch download NAME [--root DIR]
     largebatch bench [CONFIG] [--batch-sizes 32,64,...] [--steps N] [--out DIR]
     largebatch list
+    largebatch completion bash|zsh|fish|tcsh
 
 Exit codes:
 
@@ -123,15 +124,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from largebatch.data import DATASETS
+    from largebatch.losses import LOSSES
     from largebatch.models import MODELS
+    from largebatch.models.registry import model_arguments
+    from largebatch.plugins import origin
 
-    print("datasets (data.name):")
-    for info in DATASETS.values():
-        print(f"  {info.name:<16} {info.description}")
-    print("models (model.name):")
-    for info in MODELS.values():
-        print(f"  {info.name:<16} {info.description}")
-    from largebatch.presets import list_presets, presets_root
+    for title, kind, names in (
+        ("datasets (data.name)", "dataset", DATASETS),
+        ("models (model.name)", "model", MODELS),
+        ("losses (train.loss)", "loss", LOSSES),
+    ):
+        print(f"{title}:")
+        for info in names.values():
+            source = origin(kind, info.name)  # a plugin's: where it came from, its model.args
+            takes = model_arguments(info) if kind == "model" else {}
+            extra = f"; model.args: {', '.join(takes)}" if takes else ""
+            tag = f"  [plugin {source}{extra}]" if source else ""
+            print(f"  {info.name:<16} {info.description}{tag}")
+    from largebatch.presets import header_field, list_presets, presets_root
 
     presets = list_presets()
     if presets:
@@ -139,14 +149,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in presets:
             print(f"  {name}")
     for subdir, command in (
-        ("sweeps", "sweep configs/sweeps/NAME.yaml"),
-        ("compare", "compare NAME"),
+        ("sweeps", "sweep NAME [--quick]"),
+        ("compare", "compare NAME [--quick]"),
     ):
         found = list_presets(subdir)
         if found:
-            print(f"{subdir} presets (largebatch {command}):")
-            for name in found:
-                print(f"  {name}")
+            # the time each takes: its header's "Time:" field, as measured (or "not measured")
+            print(f"{command.split()[0]} presets (largebatch {command}), with the time each takes:")
+            for name, path in found.items():
+                print(f"  {name:<18} time: {header_field(path, 'Time') or 'not measured'}")
     return 0
 
 
@@ -228,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="a grid of settings x seeds from a spec, resumable")
-    p.add_argument("spec", help="sweep spec (YAML; presets in configs/sweeps/)")
+    p.add_argument("spec", help="sweep spec (YAML), or a preset's name (see: largebatch list)")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. data.root=DIR"
     )
@@ -281,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
+    from largebatch.completion import add_completion_parser
+
+    add_completion_parser(sub, parser)
+
     try:
         from largebatch.analysis.cli import add_analyze_parser
     except ImportError:
@@ -294,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from largebatch.plugins import load_plugins
+
+        load_plugins()  # the installed plugins' entry points, for every command
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"largebatch {args.command}: error: {e}", file=sys.stderr)

@@ -70,3 +70,53 @@ def resolve_preset(name_or_path: str | Path) -> Path:
             return candidate.resolve()
     names = ", ".join(list_presets()) or "(none found: is the package installed?)"
     raise UserError(f"'{name_or_path}' is neither a file nor a preset; presets: {names}")
+
+
+def resolve_in(name_or_path: str | Path, subdir: str, what: str) -> Path:
+    """The spec file ``name_or_path`` names, a preset looked up in ``configs/<subdir>/``.
+
+    In order: an existing file; a name in ``configs/<subdir>/`` (``demo``, ``demo.yaml``); a
+    repository path (``configs/sweeps/demo.yaml``) or a preset name with its folder
+    (``sweeps/demo``) from any directory.
+
+    Raises:
+        UserError: nothing matches; one line listing the ``what`` presets (``sweep``).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    tries = [f"{subdir}/{name_or_path}"]
+    if len(path.parts) > 1:
+        tries.append(str(name_or_path))
+    for candidate in tries:
+        try:
+            return resolve_preset(candidate)
+        except UserError:
+            pass
+    names = ", ".join(list_presets(subdir)) or "(none found: is the package installed?)"
+    raise UserError(
+        f"'{name_or_path}' is neither a file nor a {what} preset; {what} presets: {names}"
+    )
+
+
+def header_field(path: Path, key: str) -> str | None:
+    """The text of ``# Key: ...`` in a preset's comment header (continuation lines joined), e.g.
+    ``header_field(path, "Time")``; None when the header has no such field."""
+    found: list[str] = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if not line.startswith("#"):
+            break  # the header ends at the first line that is not a comment
+        body = line[1:].strip()
+        field, sep, rest = body.partition(":")
+        is_field = bool(sep) and field.isalpha() and field[:1].isupper() and " " not in field
+        if found and (is_field or not body):
+            break
+        if is_field and field == key:
+            found.append(rest.strip())
+        elif found:
+            found.append(body)
+    return " ".join(found) if found else None

@@ -12,6 +12,8 @@ Layout::
       evals.jsonl          every ``train.eval_every_steps`` updates (if set): validation metrics
       summary.json         status (running|completed|stopped|diverged|failed), final metrics, time
       checkpoints/last.pt  the latest checkpoint (atomic; see largebatch.checkpoint)
+      tensorboard/, csv/, wandb/, mlruns/, trackers.json
+                           with ``train.trackers`` (see largebatch.engine.trackers)
       analysis/            what ``largebatch analyze`` writes
 
 Analysis and reports read run directories; they never re-train.

@@ -7,9 +7,12 @@
     largebatch analyze surface RUN [--grid -1:1:21] [--dim 1|2] [--seed S]
     largebatch analyze noise-scale RUN [--samples N] [--seed S]
 
-Each command writes ``<name>.json`` and ``<name>.png`` into ``RUN/analysis/`` and never trains
-(see :mod:`largebatch.analysis.commands`). :func:`add_analyze_parser` hangs the commands under the
-main CLI's sub-parsers; each sets ``func``, and the main CLI runs ``args.func(args)``, printing a
+Every command takes ``--threads N``, torch's CPU threads (default: the run's ``train.threads``,
+as ``train`` and ``bench`` use it; unset there: torch's default); a sweep passes its workers'
+share of the cores. Each command writes ``<name>.json`` and ``<name>.png`` into
+``RUN/analysis/`` and never trains (see :mod:`largebatch.analysis.commands`).
+:func:`add_analyze_parser` hangs the commands under the main CLI's sub-parsers; each sets
+``func``, and the main CLI runs ``args.func(args)``, printing a
 :class:`largebatch.errors.UserError` and exiting with code 2 on a user mistake.
 """
 
@@ -44,6 +47,12 @@ def _common(p: argparse.ArgumentParser, samples: int | None = None) -> None:
         p.add_argument("--seed", type=int, default=0, help="seeds the sample subset (default: 0)")
     p.add_argument(
         "--batch-size", type=int, default=512, help="examples per forward pass (default: 512)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: the run's train.threads, as train and bench use it; "
+        "unset there: torch's default)",
     )
 
 
@@ -123,4 +132,44 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
     _common(p, samples=1024)
     _bn(p)
     p.set_defaults(func=cmd_noise_scale)
+    for command in sub.choices.values():
+        command.set_defaults(func=_with_threads(command.get_default("func")))
     return analyze
+
+
+def _run_threads(args: argparse.Namespace) -> int | None:
+    """``train.threads`` of the run analysed (the first one), None when unset or unreadable
+    (the command itself then says what is wrong with the run)."""
+    from pathlib import Path
+
+    from largebatch import rundir
+    from largebatch.errors import UserError
+
+    run = getattr(args, "run", None) or getattr(args, "run_a", None)
+    try:
+        return rundir.read_config(Path(run)).train.threads if run else None
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def _with_threads(command: Any) -> Any:
+    """``command`` run with ``--threads`` torch threads (default: the run's ``train.threads``;
+    neither set: torch's default, as ``largebatch train`` does)."""
+
+    def run(args: argparse.Namespace) -> int:
+        threads = args.threads
+        if threads is not None and threads < 1:
+            from largebatch.errors import UserError
+
+            raise UserError(f"--threads {threads}: give 1 or more (or leave it out)")
+        if threads is None:
+            threads = _run_threads(args)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        return command(args)
+
+    run.__name__ = run.__qualname__ = getattr(command, "__name__", "run")
+    run.__doc__ = command.__doc__
+    return run

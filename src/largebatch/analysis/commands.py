@@ -6,7 +6,9 @@ settings, seeds, BatchNorm mode, sample count, operator products, wall time) and
 (drawn from that record by :mod:`largebatch.analysis.figures`) into ``RUN/analysis/`` and prints a
 short summary. Nothing else in the run directory is touched. Samples are a seeded random subset of
 the training split cut into fixed batches, so a command with the same seed measures the same
-function. Mistakes raise :class:`largebatch.errors.UserError` naming the fix.
+function. The loss measured is the run's own (its batch mean: ``train.loss`` without label
+smoothing, :func:`largebatch.losses.evaluation_loss`), plugin losses included. Mistakes raise
+:class:`largebatch.errors.UserError` naming the fix.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run = _load(args.run, args.device)
     batches, n = _batches(run, args.samples, args.batch_size, args.seed)
-    op = HessianOperator(run.model, batches, bn_mode=args.bn_mode)
+    op = HessianOperator(run.model, batches, loss_fn=run.loss_fn, bn_mode=args.bn_mode)
     if not 1 <= args.top_k <= op.dim:
         raise UserError(
             f"--top-k {args.top_k}: the model has {op.dim} parameters; use 1 <= K <= {op.dim}"
@@ -202,7 +204,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
         raise UserError(f"--max-iter must be > 0, got {args.max_iter}")
     run = _load(args.run, args.device)
     batches, n = _batches(run, args.samples, args.batch_size, args.seed)
-    op = HessianOperator(run.model, batches, bn_mode=args.bn_mode)
+    op = HessianOperator(run.model, batches, loss_fn=run.loss_fn, bn_mode=args.bn_mode)
     if args.subspace_dim is not None and not 1 <= args.subspace_dim <= op.dim:
         raise UserError(f"--subspace-dim must be in 1..{op.dim} (the parameter count)")
     x = op.parameters_vector()
@@ -266,6 +268,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             f"{run_b.config.model}); interpolate between runs with the same model.* settings"
         )
     check_same_architecture(run_a.model, run_b.model)
+    if run_a.config.train.loss != run_b.config.train.loss:
+        raise UserError(
+            f"the runs' losses differ (train.loss {run_a.config.train.loss} and "
+            f"{run_b.config.train.loss}); interpolate between runs of one loss"
+        )
     train_batches = _all_batches(run_a.data.train, args.batch_size)
     val_batches = _all_batches(run_a.data.val, args.batch_size)
     res = interpolate_models(
@@ -274,6 +281,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         alphas,
         train_batches,
         val_batches,
+        loss_fn=run_a.loss_fn,
         bn_recompute=not args.no_bn_recompute,
     )
     record = _record("interpolate", args, run_a, started)
@@ -322,6 +330,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
         coords,
         dim=args.dim,
         generator=gen,
+        loss_fn=run.loss_fn,
         bn_recompute=not args.no_bn_recompute,
     )
     record = _record("surface", args, run, started)
@@ -380,6 +389,7 @@ def cmd_noise_scale(args: argparse.Namespace) -> int:
             method=args.method,
             group_size=args.group_size,
             bn_mode=args.bn_mode,
+            loss_fn=run.loss_fn,
         )
     except ValueError as e:
         raise UserError(f"noise-scale: {e}") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from largebatch import rundir
@@ -14,7 +15,9 @@ from largebatch.checkpoint import load_checkpoint
 from largebatch.config import Config
 from largebatch.data import DatasetBundle, build_dataset
 from largebatch.errors import UserError
+from largebatch.losses import LossFn, evaluation_loss, mean_loss
 from largebatch.models.assembly import assemble_model
+from largebatch.plugins import prepare_config
 
 
 @dataclass
@@ -27,6 +30,9 @@ class LoadedRun:
     data: DatasetBundle
     device: torch.device
     checkpoint: dict[str, Any]
+    loss_fn: LossFn = F.cross_entropy
+    """The run's loss as the analysis takes it: the batch mean of its evaluation loss
+    (:func:`largebatch.losses.evaluation_loss`: ``train.loss`` without label smoothing)."""
 
 
 def reported_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +50,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     cfg = rundir.read_config(run_dir)
+    try:  # its plugins imported, its names checked
+        cfg = prepare_config(cfg)
+    except UserError as e:
+        raise UserError(f"{run_dir / 'config.yaml'}: {e}") from None
     ckpt_path = run_dir / rundir.CHECKPOINT
     if not ckpt_path.is_file():
         raise UserError(
@@ -62,4 +72,5 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
             f"{str(e).splitlines()[0]}"
         ) from None
     model.eval()
-    return LoadedRun(run_dir, cfg, model, data, device, checkpoint)
+    loss_fn = mean_loss(evaluation_loss(cfg.train))
+    return LoadedRun(run_dir, cfg, model, data, device, checkpoint, loss_fn)

@@ -16,8 +16,9 @@ stabilisers, more updates). A generalization gap means it fits as well but valid
 a *regulariser* first (the SAM family, label smoothing, Ghost BatchNorm, gradient noise).
 
 Each of D, F and G comes with a 95% percentile bootstrap interval over seeds
-(:func:`largebatch.report.gap._bootstrap`, the same resamples for all three, so the pairing is
-kept).
+(:func:`largebatch.report.gap.bootstrap_estimates`: ``scipy.stats.bootstrap`` with
+``paired=True``, one call for all three, so they come from the same resamples of the seeds and
+the pairing is kept).
 
 Decision rule, with ``min_points`` (default 0.5 points) the smallest effect worth a fix:
 
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from largebatch.report.gap import RESAMPLES, Estimate, _bootstrap
+from largebatch.report.gap import RESAMPLES, Estimate, bootstrap_estimates
 
 KINDS = ("fit", "generalization", "both", "none")
 
@@ -95,6 +96,14 @@ class GapDiagnosis:
         return _CANDIDATES[self.kind]
 
 
+def _gaps(c: np.ndarray) -> np.ndarray:
+    """D, F and G of columns ``(train_S, val_S, train_L, val_L)`` (``c[..., j]``), over seeds."""
+    val = np.mean(c[..., 1] - c[..., 3], axis=-1)
+    fit = np.mean(c[..., 0] - c[..., 2], axis=-1)
+    gen = np.mean((c[..., 1] - c[..., 3]) - (c[..., 0] - c[..., 2]), axis=-1)
+    return np.stack([val, fit, gen])
+
+
 def _verdict(name: str, est: Estimate, threshold: float) -> tuple[bool, str]:
     """Whether a part counts, and the words that say why."""
     if est.n > 1 and not est.low > 0:
@@ -123,11 +132,7 @@ def diagnose(
     # columns: train_S, val_S, train_L, val_L in points
     cols = 100 * np.array([[*small[s], *large[s]] for s in seeds], dtype=float).reshape(-1, 4)
     n = len(seeds)
-    val_gap = _bootstrap(cols, lambda c: np.mean(c[:, 1] - c[:, 3]), resamples)
-    fit_gap = _bootstrap(cols, lambda c: np.mean(c[:, 0] - c[:, 2]), resamples)
-    gen_gap = _bootstrap(
-        cols, lambda c: np.mean((c[:, 1] - c[:, 3]) - (c[:, 0] - c[:, 2])), resamples
-    )
+    val_gap, fit_gap, gen_gap = bootstrap_estimates(cols, _gaps, resamples)
     train_small = float(np.mean(cols[:, 0])) if n else math.nan
     train_large = float(np.mean(cols[:, 2])) if n else math.nan
 

@@ -29,8 +29,9 @@ class DatasetInfo:
     needs_files: bool
     """True when it reads files (``data.root``); False when it is generated locally."""
     input_kind: str = "image"
-    """What one example is: 'sequence' (a 1-D signal, shape ``(L,)``) or 'image'
-    (``(C, H, W)``); see :func:`largebatch.models.registry.check_model_fits`."""
+    """What one example is: 'sequence' (a 1-D signal, shape ``(L,)``), 'image' (``(C, H, W)``)
+    or 'vector' (features that only models taking vectors fit); see
+    :func:`largebatch.models.registry.check_model_fits`."""
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -51,7 +52,10 @@ class DataError(UserError):
 def check_dataset_name(name: str) -> DatasetInfo:
     """The registry entry of ``name``; :class:`ConfigError` naming the valid names if none."""
     if name not in DATASETS:
-        raise ConfigError(f"data.name: '{name}' is not one of: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(
+            f"data.name: '{name}' is not one of: {', '.join(sorted(DATASETS))} (a plugin's name? "
+            "install the plugin, or name its module in train.plugins)"
+        )
     return DATASETS[name]
 
 

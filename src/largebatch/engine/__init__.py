@@ -6,6 +6,8 @@
 - :mod:`~largebatch.engine.loop`: the epoch loop, loss reads, stop signals, checkpoints;
 - :mod:`~largebatch.engine.evaluate`: loss and accuracy over a split;
 - :mod:`~largebatch.engine.records`: the run directory's checks and records.
+- :mod:`~largebatch.engine.trackers`: copies of the records for TensorBoard, CSV, W&B and
+  MLflow (``train.trackers``).
 
 Sampling (the batch plan, epoch order, global batches, rank shards) lives in
 :mod:`largebatch.data.sampling`; model assembly in :mod:`largebatch.models.assembly`.

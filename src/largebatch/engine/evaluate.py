@@ -10,6 +10,7 @@ from torch import nn
 
 from largebatch.data import Split
 from largebatch.distributed import DistContext
+from largebatch.losses import LossFn, cross_entropy
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -27,8 +28,11 @@ def evaluate(
     dist: DistContext,
     amp: str = "none",
     channels_last: bool = False,
+    loss_fn: LossFn = cross_entropy,
 ) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy (a fraction) over the whole split.
+    """Mean loss ``(1/N) sum_i l_i`` (nats; ``loss_fn`` per example, cross-entropy by default:
+    the run's :func:`largebatch.losses.evaluation_loss`) and accuracy (argmax, a fraction)
+    over the whole split.
 
     Under DDP each rank evaluates every ``world_size``-th example and the sums are all-reduced, so
     every rank returns the numbers one process would compute.
@@ -41,7 +45,10 @@ def evaluate(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = model(x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        if loss_fn is cross_entropy:
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        else:
+            sums[0] += loss_fn(logits.float(), y).double().sum()
         sums[1] += (logits.argmax(1) == y).sum().double()
     totals = dist.all_reduce_sum(sums).tolist()
     return totals[0] / len(split), totals[1] / len(split)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import signal
 import sys
 import time
@@ -34,31 +33,23 @@ from typing import Any
 import torch
 
 from largebatch import rundir
-from largebatch.config import Config, resolved
-from largebatch.data import check_dataset_name
+from largebatch.config import Config, config_to_dict, resolved
 from largebatch.data.sampling import epoch_order, global_batches, local_slice, plan_batches
 from largebatch.distributed import DistContext, init_distributed
-from largebatch.engine import records, tensorboard
+from largebatch.engine import records, trackers
 from largebatch.engine.evaluate import evaluate
 from largebatch.engine.setup import Run, build_run, resolve_device
+from largebatch.engine.stop import StopFlag, Stopped
 from largebatch.engine.update import optimizer_update
 from largebatch.errors import UserError
 from largebatch.gradient.base import UpdateInfo
 from largebatch.gradient.noise import GradientNoise
-from largebatch.models.registry import check_model_fits
+from largebatch.plugins import prepare_config
 from largebatch.seeding import stream_seed
 
 
 class Diverged(RuntimeError):
     """The loss became non-finite."""
-
-
-class Stopped(Exception):
-    """A stop signal arrived; the run was checkpointed where it stood."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass
@@ -95,50 +86,6 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------------------------
-# Stop signals
-
-
-PARENT_PID_ENV = "LARGEBATCH_PARENT_PID"
-"""Set by ``largebatch sweep`` to its pid: a child whose parent is no longer that process (the
-sweep died, kill -9 included, and the child was re-parented) stops as on SIGTERM."""
-
-
-class StopFlag:
-    """Turns SIGTERM / SIGINT into a flag the loop checks between updates (main thread only).
-    Under a sweep (``LARGEBATCH_PARENT_PID``), :meth:`poll` also raises the flag once the sweep
-    is gone, so an orphaned run checkpoints and exits instead of training on."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-        try:
-            self._parent: int | None = int(os.environ.get(PARENT_PID_ENV, ""))
-        except ValueError:
-            self._parent = None
-
-    def poll(self) -> None:
-        """Once per update: a stop request if the parent sweep has died (one cheap syscall)."""
-        if self.signum is None and self._parent is not None and os.getppid() != self._parent:
-            self.signum = signal.SIGTERM
-
-    def __enter__(self) -> StopFlag:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one kills
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -169,8 +116,8 @@ def train(
         torch.backends.cudnn.benchmark = True
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    _check_names(cfg)
-    tensorboard.require(cfg.train.tensorboard)
+    cfg = _check_names(cfg)
+    trackers.require(trackers.selected(cfg.train))
     plan_batches(cfg.train.global_batch_size, cfg.train.micro_batch_size, dist.world_size)
     created = not run_dir.exists()
     lock, checkpoint = _open_run_dir(cfg, run_dir, resume, dist)
@@ -187,8 +134,8 @@ def train(
         wall_before = 0.0
         if dist.is_main:
             wall_before = _write_start(run, run_dir, checkpoint)
-        board = cfg.train.tensorboard and dist.is_main
-        with tensorboard.session(run_dir, board, progress.step):
+        names = trackers.selected(cfg.train) if dist.is_main else []
+        with trackers.session(run_dir, names, config_to_dict(run.cfg), progress.step):
             return _train_loop(run, run_dir, progress, stop_after_epochs, wall_before)
     finally:
         if lock is not None:
@@ -199,10 +146,9 @@ def train(
         gc.collect()
 
 
-def _check_names(cfg: Config) -> None:
-    """Dataset and model names, and whether the model takes the data, before anything is made."""
-    info = check_dataset_name(cfg.data.name)
-    check_model_fits(cfg.model.name, info.input_kind, cfg.data.name)
+def _check_names(cfg: Config) -> Config:
+    """Plugins imported, names checked, model args resolved: :func:`prepare_config`."""
+    return prepare_config(cfg)
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, resume: bool, dist: DistContext):
@@ -400,7 +346,7 @@ def _read(run: Run, run_dir: Path, progress: Progress, stop: StopFlag, bar: Any)
         row["grad_norm"] = float(progress.grad_norm)
     if dist.is_main:
         rundir.append_jsonl(run_dir / rundir.STEPS, row, durable=False)
-        tensorboard.log(run_dir, "train", row, progress.step)
+        trackers.log(run_dir, "train", row, progress.step)
     if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.4g}", ex_s=f"{row['examples_per_s']:.0f}")
     if not math.isfinite(loss) or bad_step >= 0:
@@ -446,6 +392,7 @@ def _eval_steps(run: Run, run_dir: Path, progress: Progress) -> None:
         run.dist,
         cfg.train.amp,
         cfg.train.channels_last,
+        loss_fn=run.eval_loss,
     )
     run.model.train()
     if run.dist.is_main:
@@ -456,6 +403,7 @@ def _eval_steps(run: Run, run_dir: Path, progress: Progress) -> None:
             "val_acc": val_acc,
         }
         rundir.append_jsonl(run_dir / rundir.EVALS, row, durable=False)
+        trackers.log(run_dir, "eval", row, progress.step)
 
 
 def _model_to_evaluate(run: Run) -> torch.nn.Module:
@@ -481,8 +429,8 @@ def _end_epoch(
     args = (cfg.train.eval_batch_size, dist, cfg.train.amp, cfg.train.channels_last)
     train_loss, train_acc = float("nan"), float("nan")
     if cfg.train.eval_train:
-        train_loss, train_acc = evaluate(model, run.data.train, *args)
-    val_loss, val_acc = evaluate(model, run.data.val, *args)
+        train_loss, train_acc = evaluate(model, run.data.train, *args, loss_fn=run.eval_loss)
+    val_loss, val_acc = evaluate(model, run.data.val, *args, loss_fn=run.eval_loss)
     assert progress.epoch_loss is not None
     running = float(dist.all_reduce_sum(progress.epoch_loss.clone()))
     row = {
@@ -503,7 +451,7 @@ def _end_epoch(
         row["swa_averages"] = run.swa.count
     if dist.is_main:
         rundir.append_metrics(run_dir, row)
-        tensorboard.log(run_dir, "epoch", row, progress.step, flush=True)
+        trackers.log(run_dir, "epoch", row, progress.step)
         if _progress_enabled(cfg, dist):
             print(records.format_row(row, run.total_epochs), file=sys.stderr)
         done = progress.epoch

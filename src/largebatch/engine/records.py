@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = {
     "train.eval_batch_size",
     "train.checkpoint_every_epochs",
     "train.log_every_steps",
+    "train.plugins",
     "data.root",
     "data.num_workers",
     "data.cache_dir",

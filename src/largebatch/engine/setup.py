@@ -25,6 +25,7 @@ from largebatch.engine.update import Sharpness, UpdateParts
 from largebatch.errors import UserError
 from largebatch.gradient.base import TransformChain
 from largebatch.gradient.pipeline import ChainContext, calibrate
+from largebatch.losses import LossFn, cross_entropy, evaluation_loss, training_loss
 from largebatch.models.assembly import assemble_model
 from largebatch.optim import build_optimizer, build_schedule, scale_lr
 from largebatch.optim.perturbation import batchnorm_modules
@@ -55,6 +56,8 @@ class Run:
     """One-line facts about the run to show and record (e.g. the noise target)."""
     swa: WeightAverage | None = None
     """The weight average (``train.swa_start_epoch``), or None."""
+    eval_loss: LossFn = cross_entropy
+    """The per-example loss evaluation reports (:func:`largebatch.losses.evaluation_loss`)."""
 
     def data_record(self) -> dict[str, Any]:
         """What ``data.json`` holds: the dataset's report and the batch plan."""
@@ -204,8 +207,8 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         grad_penalty=cfg.optim.grad_penalty
         if cfg.optim.grad_penalty_form == "double_backward"
         else 0.0,
-        label_smoothing=cfg.train.label_smoothing,
         sharpness=sharpness(cfg, plan),
+        loss=training_loss(cfg.train),
     )
     swa = None
     if cfg.train.swa_start_epoch is not None:
@@ -227,4 +230,5 @@ def build_run(cfg: Config, dist: DistContext, device: torch.device) -> Run:
         total_epochs=round(cfg.train.epochs * epoch_scale),
         notes=notes,
         swa=swa,
+        eval_loss=evaluation_loss(cfg.train),
     )

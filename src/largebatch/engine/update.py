@@ -12,9 +12,10 @@ micro-batches of ``m`` examples:
    With ``optim.grad_penalty = lambda`` the micro-batch objective gains
    ``(lambda / 4) |grad L_j|^2`` per example weight (``L_j`` the micro-batch mean loss), i.e. the
    update minimises ``L + lambda/(4k) sum_j |grad L_j|^2`` (double backward).
-   ``chain.after_microbatch(j)`` sees the running gradient sums. Per-example losses are
-   cross-entropy with ``train.label_smoothing`` (the training objective; evaluation reports
-   plain cross-entropy).
+   ``chain.after_microbatch(j)`` sees the running gradient sums. Per-example losses ``l_i`` are
+   ``UpdateParts.loss`` (``train.loss``, :mod:`largebatch.losses`), by default cross-entropy
+   with ``train.label_smoothing`` (the training objective; evaluation reports the loss without
+   smoothing).
    With a sharpness-aware kind (``optim.sam``; equations in :mod:`largebatch.optim.sam`) the
    gradient is taken at perturbed weights and applied at ``theta`` (restored by a copy):
    ``sam``: every micro-batch once at ``theta`` (all inside ``no_sync()``: the rank's own
@@ -53,6 +54,7 @@ from torch import nn
 
 from largebatch.engine.evaluate import autocast
 from largebatch.gradient.base import TransformChain, UpdateInfo
+from largebatch.losses import LossFn
 from largebatch.optim.perturbation import Perturbation, ascent_scale, frozen_batchnorm
 from largebatch.optim.sam import momentum_buffers
 
@@ -89,7 +91,10 @@ class UpdateParts:
         ddp: the model is a DDP wrapper (``no_sync()`` on all but the last micro-batch).
         grad_penalty: ``lambda`` of the micro-batch gradient-norm penalty, double backward (0:
             off).
-        label_smoothing: ``eps`` of the training loss, ``(1 - eps) CE(y) + eps mean_c CE(c)``.
+        label_smoothing: ``eps`` of the training loss, ``(1 - eps) CE(y) + eps mean_c CE(c)``,
+            when ``loss`` is None.
+        loss: the per-example training loss ``loss(logits, y) -> (N,)`` (see
+            :mod:`largebatch.losses`); None: cross-entropy with ``label_smoothing``.
         sharpness: the sharpness-aware kind, or None.
         perturbation: the weights' backup while they are perturbed (reused across updates).
     """
@@ -104,6 +109,7 @@ class UpdateParts:
     grad_penalty: float = 0.0
     label_smoothing: float = 0.0
     sharpness: Sharpness | None = None
+    loss: LossFn | None = None
     perturbation: Perturbation = field(default_factory=Perturbation)
 
 
@@ -168,7 +174,12 @@ def _pass(
             logits = parts.model(x)
         # bf16 / fp16 logits in fp32; a float64 model keeps its precision
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=parts.label_smoothing)
+        if parts.loss is None:
+            losses = F.cross_entropy(
+                logits, y, reduction="none", label_smoothing=parts.label_smoothing
+            )
+        else:
+            losses = parts.loss(logits, y)
         weights = parts.chain.loss_weights(len(y), losses.device, info)
         weighted = losses if weights is None else losses * weights
         objective = weighted.sum()

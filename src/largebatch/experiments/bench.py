@@ -40,7 +40,8 @@ from largebatch.engine import Run, UpdateResult, build_run, optimizer_update, re
 from largebatch.errors import UserError
 from largebatch.gradient.base import UpdateInfo
 
-DEFAULT_CONFIG = "fmnist_mlp"
+# MNIST-1D is generated locally: the default needs no dataset files (Fashion-MNIST does).
+DEFAULT_CONFIG = "mnist1d_cnn"
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 
 
@@ -160,6 +161,9 @@ def run_bench(
     log: Any = print,
 ) -> tuple[list[BenchRow], torch.device]:
     """Images/s of ``cfg``'s training updates at each batch size (one process)."""
+    from largebatch.plugins import prepare_config
+
+    cfg = prepare_config(cfg)  # its plugins imported, its names checked
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the training loop sets it

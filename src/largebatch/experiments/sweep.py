@@ -29,7 +29,9 @@ from typing import Any
 
 from largebatch import rundir
 from largebatch.errors import UserError
+from largebatch.experiments.eta import Eta, Job
 from largebatch.experiments.spec import MANIFEST, PlannedRun, SweepSpec, load_spec
+from largebatch.plugins import child_env, prepare_config
 
 __all__ = ["MANIFEST", "PlannedRun", "SweepSpec", "cmd_sweep", "load_spec", "run_sweep"]
 
@@ -68,12 +70,18 @@ def _check_data(spec: SweepSpec) -> None:
     """Stop before anything runs when a dataset's files are missing: one :class:`DataError`
     (the one ``largebatch train`` would print for every run) instead of every run failing.
     Checks the datasets whose files can be found without reading them; the others are found
-    (or not) by the runs themselves."""
+    (or not) by the runs themselves. Every config's plugins are imported and its names checked
+    first (:func:`largebatch.plugins.prepare_config`)."""
     from largebatch.config import load_config
 
     seen = set()
     for run in spec.runs:
-        data = load_config(spec.base, list(run.overrides)).data
+        cfg = load_config(spec.base, list(run.overrides))
+        try:  # its plugins imported here too: a missing one stops the sweep before it starts
+            prepare_config(cfg)
+        except UserError as e:
+            raise UserError(f"{spec.path}: setting {run.setting}: {e}") from None
+        data = cfg.data
         key = (data.name, data.root)
         if key in seen:
             continue
@@ -199,7 +207,7 @@ def _train(
     cmd = [sys.executable, "-m", "largebatch", "train", str(spec.base), *overrides]
     cmd += ["--out", str(run_dir), "--resume"]
     # the child stops at a checkpoint if this sweep dies (kill -9 included) and it is re-parented
-    env = dict(os.environ, LARGEBATCH_PARENT_PID=str(os.getpid()))
+    env = dict(child_env(), LARGEBATCH_PARENT_PID=str(os.getpid()))  # + the plugins' folders
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -230,12 +238,52 @@ def _train(
     }
 
 
-def _analyze(run_dir: Path, words: list[str], log: Path) -> bool:
+def _thread_args(words: list[str], threads: int | None) -> list[str]:
+    """``--threads N`` for an analysis child: the training runs' share of the cores, so the
+    analyses keep to the sweep's thread budget; none when the spec's words already say."""
+    if not threads or any(w == "--threads" or w.startswith("--threads=") for w in words):
+        return []
+    return ["--threads", str(threads)]
+
+
+def _thread_env(threads: int | None) -> dict[str, str]:
+    env = child_env()  # PYTHONPATH: the plugins' folders and the working directory
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _analyze(run_dir: Path, words: list[str], log: Path, threads: int | None = None) -> bool:
     cmd = [sys.executable, "-m", "largebatch", "analyze", words[0], str(run_dir), *words[1:]]
+    cmd += _thread_args(words, threads)
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode == 0
+        proc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=_thread_env(threads), check=False
+        )
+        return proc.returncode == 0
+
+
+def _job(spec: SweepSpec, run: PlannedRun, run_dir: Path) -> Job:
+    """What is left of ``run`` to train, for the ETA: its setting, its epochs left (the config's,
+    stretched under ``train.scale_epochs``, less those in its ``metrics.jsonl``) and its
+    training examples per epoch where the config says (None: unknown)."""
+    from largebatch.config import load_config
+
+    cfg = load_config(spec.base, list(run.overrides))
+    epochs = cfg.train.epochs
+    if cfg.train.scale_epochs:
+        epochs = round(epochs * cfg.train.global_batch_size / cfg.optim.base_batch_size)
+    try:
+        done = len({r.get("epoch") for r in rundir.read_metrics(run_dir) if isinstance(r, dict)})
+    except (OSError, ValueError, UserError):
+        done = 0
+    data = cfg.data
+    examples = data.train_subset or (
+        round(data.num_samples * data.train_fraction) if data.name == "mnist1d" else None
+    )
+    return Job(run.setting, max(0, epochs - done), examples)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -343,29 +391,43 @@ def _run_locked(
         f" ({workers} at a time{f', {threads} threads each' if threads else ''})"
     )
     save()
-    started, times = time.time(), []
+    started = time.time()
+    # the ETA: each run left weighted by its setting's measured cost (experiments/eta.py)
+    jobs = {run.name: _job(spec, run, out / "runs" / run.name) for run, _ in todo}
+    eta, begun, ended = Eta(workers), {}, set()
+
+    def train_one(run: PlannedRun, run_dir: Path, log: Path) -> dict[str, Any]:
+        begun[run.name] = time.time()
+        return _train(spec, run, run_dir, log, threads, children)
+
     with _Children() as children, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {}
         for run, action in todo:
             records[run.name]["status"] = "running"
             records[run.name]["action"] = action
             run_dir, log = out / "runs" / run.name, out / "logs" / f"{run.name}.log"
-            futures[pool.submit(_train, spec, run, run_dir, log, threads, children)] = run
+            futures[pool.submit(train_one, run, run_dir, log)] = run
         for future in as_completed(futures):
             run = futures[future]
             record = future.result()
             records[run.name].update(record)
+            ended.add(run.name)
             if "wall_s" not in record:  # never started: the sweep was stopped
                 save()
                 continue
             done += 1
-            times.append(record["wall_s"])
-            left = total - done
-            eta = sum(times) / len(times) * left / workers if left else 0.0
+            if record["status"] == "completed":  # a diverged or failed run's time says little
+                eta.add(jobs[run.name], record["wall_s"])
+            now = time.time()
+            left = [
+                (jobs[r.name], now - begun[r.name] if r.name in begun else 0.0)
+                for r, _ in todo
+                if r.name not in ended
+            ]
             note = " (resumed)" if records[run.name].get("action") == "resume" else ""
             say(
                 f"[{done}/{total}] {run.name}: {_describe(record, out / 'runs' / run.name)}"
-                f"  {_fmt_s(record['wall_s'])}{note}  ETA {_fmt_s(eta)}"
+                f"  {_fmt_s(record['wall_s'])}{note}  {eta.estimate(left).format()}"
             )
             save()
     if children.signum is not None:
@@ -373,25 +435,60 @@ def _run_locked(
         manifest["wall_s"] = round(time.time() - started, 2)
         save()
         return out, manifest
-    for words in spec.analyze:
-        key = shlex.join(words)
-        for run in spec.runs:
-            rec = records[run.name]
-            if rec["status"] != "completed" or rec["analyses"].get(key) == "done":
-                continue
-            ok = _analyze(out / "runs" / run.name, words, out / "logs" / f"{run.name}.log")
-            rec["analyses"][key] = "done" if ok else "failed"
-            say(f"analyze {key} {run.name}: {rec['analyses'][key]}")
-            save()
+    _analyze_runs(spec, records, out, workers, threads, say, save)
     if spec.interpolate is not None:
-        manifest["interpolate"] = _interpolate_pairs(spec, records, out, say)
+        manifest["interpolate"] = _interpolate_pairs(spec, records, out, say, workers, threads)
     manifest["wall_s"] = round(time.time() - started, 2)
     save()
     return out, manifest
 
 
+def _analyze_runs(
+    spec: SweepSpec,
+    records: dict[str, Any],
+    out: Path,
+    workers: int,
+    threads: int | None,
+    say: Any,
+    save: Any,
+) -> None:
+    """The spec's analyses of every completed run not yet analysed: ``workers`` runs at once,
+    each with the training runs' thread count (one run's analyses one after another, in the
+    spec's order, into its log)."""
+
+    def analyse(run: PlannedRun, keys: list[str]) -> dict[str, str]:
+        log = out / "logs" / f"{run.name}.log"
+        return {
+            key: "done" if _analyze(out / "runs" / run.name, words[key], log, threads) else "failed"
+            for key in keys
+        }
+
+    words = {shlex.join(w): w for w in spec.analyze}
+    jobs = []
+    for run in spec.runs:
+        rec = records[run.name]
+        keys = [k for k in words if rec["analyses"].get(k) != "done"]
+        if rec["status"] == "completed" and keys:
+            jobs.append((run, keys))
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(analyse, run, keys): run for run, keys in jobs}
+        for future in as_completed(futures):
+            run = futures[future]
+            for key, result in future.result().items():
+                records[run.name]["analyses"][key] = result
+                say(f"analyze {key} {run.name}: {result}")
+            save()
+
+
 def _interpolate_pairs(
-    spec: SweepSpec, records: dict[str, Any], out: Path, say: Any
+    spec: SweepSpec,
+    records: dict[str, Any],
+    out: Path,
+    say: Any,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> dict[str, str]:
     """``largebatch analyze interpolate A B`` for each seed both settings completed; skips pairs
     already drawn. Returns ``{seed: done | failed}``."""
@@ -402,6 +499,7 @@ def _interpolate_pairs(
         if run.label in spec.interpolate and records[run.name]["status"] == "completed":
             by_seed.setdefault(run.seed, {})[run.label] = run.name
     result = {}
+    jobs = []
     for seed, names in sorted(by_seed.items()):
         if len(names) < 2:
             continue
@@ -411,12 +509,23 @@ def _interpolate_pairs(
             continue
         cmd = [sys.executable, "-m", "largebatch", "analyze", "interpolate"]
         cmd += [str(out / "runs" / names[label_a]), str(out / "runs" / names[label_b])]
-        log = out / "logs" / f"interpolate-seed={seed}.log"
+        cmd += ["--out", str(target), *_thread_args([], threads)]
+        jobs.append((seed, cmd, out / "logs" / f"interpolate-seed={seed}.log"))
+
+    def draw(cmd: list[str], log: Path) -> int:
+        log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
-            code = subprocess.run([*cmd, "--out", str(target)], stdout=f, stderr=f).returncode
-        result[str(seed)] = "done" if code == 0 else "failed"
-        say(f"interpolate {label_a} -> {label_b}, seed {seed}: {result[str(seed)]}")
-    return result
+            f.write(f"$ {shlex.join(cmd)}\n")
+            f.flush()
+            return subprocess.run(cmd, stdout=f, stderr=f, env=_thread_env(threads)).returncode
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(draw, cmd, log): seed for seed, cmd, log in jobs}
+        for future in as_completed(futures):
+            seed = futures[future]
+            result[str(seed)] = "done" if future.result() == 0 else "failed"
+            say(f"interpolate {label_a} -> {label_b}, seed {seed}: {result[str(seed)]}")
+    return dict(sorted(result.items(), key=lambda kv: int(kv[0])))
 
 
 def sweep_failures(manifest: dict[str, Any]) -> list[str]:
@@ -432,7 +541,10 @@ def sweep_failures(manifest: dict[str, Any]) -> list[str]:
 
 
 def cmd_sweep(args: Any) -> int:
-    spec = load_spec(args.spec, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
+    from largebatch.presets import resolve_in
+
+    path = resolve_in(args.spec, "sweeps", "sweep")  # a file, or a preset's name (demo)
+    spec = load_spec(path, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
     out, manifest = run_sweep(spec, Path(args.out) if args.out else None, workers=args.workers)
     if manifest.get("signal"):
         stopped = [r["name"] for r in manifest["runs"] if r["status"] == "stopped"]

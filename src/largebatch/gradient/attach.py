@@ -52,7 +52,11 @@ create a missing optimizer state with one ``step()`` at learning rate 0 on zero 
 not an update, and an attached transform neither runs on it nor counts it (recognised as: no
 optimizer state, every ``lr`` exactly 0, every gradient present and exactly 0). With
 ``StateDictOptions(flatten_optimizer_state_dict=True)`` a load keeps only the group keys the live
-optimizer has, so the entry is lost; save the handle, a ``Stateful``, next to it::
+optimizer has, so the entry is lost; save the handle, a ``Stateful``, next to it. ``dcp.load``
+fills only the keys of the state dict it is given, so an optimizer loaded through DCP *before*
+``attach`` has no entry to claim: ``attach`` warns when that optimizer has per-parameter state
+(and doing what the warning says resumes exactly); one without any (plain SGD without momentum)
+cannot be told from a fresh one, so attach first::
 
     state = {"model": get_model_state_dict(model),
              "optimizer": get_optimizer_state_dict(model, optimizer), "noise": handle}
@@ -383,6 +387,21 @@ def _check_params(chain: Chain, optimizer: torch.optim.Optimizer) -> None:
         )
 
 
+def _hookable(optimizer: Any) -> torch.optim.Optimizer:
+    """``optimizer``, or the optimizer a wrapper steps when the wrapper has no step hooks of its
+    own (it never ran ``torch.optim.Optimizer.__init__``)."""
+    seen = optimizer
+    while not hasattr(optimizer, "_optimizer_step_pre_hooks"):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer:
+            raise TypeError(
+                f"attach needs a torch.optim.Optimizer, got {type(seen).__name__}; pass the "
+                "optimizer that makes the update"
+            )
+        optimizer = inner
+    return optimizer
+
+
 def attach(
     transform: Attachable,
     optimizer: torch.optim.Optimizer,
@@ -393,7 +412,10 @@ def attach(
     Args:
         transform: a :class:`~largebatch.gradient.base.GradientTransform` or a
             :class:`~largebatch.gradient.base.TransformChain` (run in list order).
-        optimizer: any ``torch.optim.Optimizer``.
+        optimizer: any ``torch.optim.Optimizer``. A wrapper that steps an inner optimizer
+            without torch's step hooks of its own (accelerate's ``AcceleratedOptimizer``, which
+            the HF ``Trainer`` hands to callbacks; Lightning's ``LightningOptimizer``) is
+            unwrapped: the transforms attach to ``optimizer.optimizer``.
         scaler: the ``torch.amp.GradScaler`` the loop steps through, if any. Not needed for
             correctness (a skipped step never calls ``optimizer.step``); given, it makes a plain
             ``optimizer.step()`` on still-scaled gradients an error instead of a silent mistake.
@@ -405,6 +427,7 @@ def attach(
     (``optimizer.param_groups[0]["largebatch"]``) is loaded here, so the run resumes exactly;
     see the module docstring for when ``attach`` warns instead.
     """
+    optimizer = _hookable(optimizer)
     chain = transform.as_chain()
     refused = chain.acts_per_microbatch()
     if refused:
@@ -428,7 +451,9 @@ def attach(
         warnings.warn(
             f"attach: the optimizer already has state (it has stepped, or loaded a checkpoint) "
             f"but none for the transforms '{key}', which start from t=0; if this is a resume, "
-            "load the checkpoint again after attach (optimizer.load_state_dict) to restore them",
+            "load the checkpoint again after attach (optimizer.load_state_dict; with "
+            "torch.distributed.checkpoint: get_optimizer_state_dict, dcp.load, "
+            "set_optimizer_state_dict) to restore them",
             stacklevel=3,
         )
     ever.add(key)

@@ -11,14 +11,22 @@ does not import the registry, so that no import cycle runs through it).
 
 from __future__ import annotations
 
+import inspect
+import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from largebatch.config import ConfigError, ModelConfig
 
-Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
+Builder = Callable[..., nn.Module]
+"""``build(cfg, input_shape, num_classes, **args) -> nn.Module``: ``cfg`` the ``model`` section,
+``input_shape`` one example's shape, ``args`` the model's own keyword arguments
+(``model.args``, see :func:`check_model_args`); the built-in models take none."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,10 @@ INPUT_KINDS = ("vector", "sequence", "image")
 def check_model_name(name: str) -> ModelInfo:
     """The registry entry of ``name``; :class:`ConfigError` naming the valid names if none."""
     if name not in MODELS:
-        raise ConfigError(f"model.name: '{name}' is not one of: {', '.join(sorted(MODELS))}")
+        raise ConfigError(
+            f"model.name: '{name}' is not one of: {', '.join(sorted(MODELS))} (a plugin's name? "
+            "install the plugin, or name its module in train.plugins)"
+        )
     return MODELS[name]
 
 
@@ -121,6 +132,125 @@ _KIND_WORDS = {
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``cfg.name`` for examples of ``input_shape``; :class:`ConfigError` if the name is
-    unknown or the model does not take such examples."""
+    unknown, the model does not take such examples or ``cfg.args`` does not fit its builder."""
     check_model_fits(cfg.name, tuple(input_shape))
-    return MODELS[cfg.name].build(cfg, tuple(input_shape), num_classes)
+    args = check_model_args(cfg)
+    return MODELS[cfg.name].build(cfg, tuple(input_shape), num_classes, **args)
+
+
+# ----------------------------------------------------------------------------------------------
+# A model's own arguments (model.args)
+
+
+def model_arguments(info: ModelInfo) -> dict[str, inspect.Parameter]:
+    """The builder's own arguments: its named parameters after ``(cfg, input_shape,
+    num_classes)``; a ``**kwargs`` parameter is listed too (it takes any name)."""
+    params = list(inspect.signature(info.build).parameters.values())[3:]
+    return {p.name: p for p in params if p.kind not in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)}
+
+
+def check_model_args(cfg: ModelConfig) -> dict[str, Any]:
+    """``model.args`` checked against the builder's signature; returns them with the builder's
+    plain defaults (numbers, strings, lists) filled in, as ``config.yaml`` records them.
+
+    An unknown name, a missing required one or a value of the wrong type (where the parameter
+    is annotated) raises :class:`ConfigError` naming what the model accepts.
+
+    Example:
+
+    >>> check_model_args(ModelConfig(name="mlp"))
+    {}
+    >>> try:
+    ...     check_model_args(ModelConfig(name="mlp", args={"depth": 3}))
+    ... except ConfigError as e:
+    ...     print(str(e)[:40])
+    model.args: model mlp takes no arguments
+    """
+    info = check_model_name(cfg.name)
+    params = model_arguments(info)
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind != p.VAR_KEYWORD}
+    hints = _hints(info.build)
+    for key in cfg.args:
+        if key not in named and not open_ended:
+            if not named:
+                raise ConfigError(
+                    f"model.args: model {cfg.name} takes no arguments (its settings are the "
+                    f"model.* keys: see the README's configuration keys); remove model.args.{key}"
+                )
+            raise ConfigError(
+                f"model.args.{key}: model {cfg.name} has no argument '{key}'; it takes: "
+                + ", ".join(_describe(p, hints.get(n)) for n, p in named.items())
+            )
+    out: dict[str, Any] = {}
+    for name, p in named.items():
+        if name in cfg.args:
+            out[name] = _check_type(cfg.args[name], hints.get(name), f"model.args.{name}")
+        elif p.default is p.empty:
+            raise ConfigError(
+                f"model.args.{name}: model {cfg.name} needs it ({_describe(p, hints.get(name))});"
+                f" set e.g. model.args.{name}=VALUE"
+            )
+        elif _plain(p.default):
+            out[name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return out | {k: v for k, v in cfg.args.items() if k not in named}
+
+
+def _hints(build: Builder) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(build)
+    except Exception:  # an annotation that does not resolve: no type checks
+        return {}
+
+
+def _plain(value: Any) -> bool:
+    """A default ``config.yaml`` can record: None, a number, a string, or a list of them."""
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _describe(param: inspect.Parameter, tp: Any) -> str:
+    kind = f" ({_type_name(tp)}" if tp is not None else " ("
+    default = "required" if param.default is param.empty else f"default {param.default!r}"
+    return f"{param.name}{kind}{', ' if tp is not None else ''}{default})"
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """``value`` if it is of the annotation ``tp`` (ints widen to floats); unannotated or
+    unusual annotations are not checked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(value, arm, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+        args = typing.get_args(tp)
+        if origin is list and args:
+            return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return list(value)
+    if tp is type(None):
+        ok = value is None
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        value = float(value) if ok else value
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp in (bool, str, dict):
+        ok = isinstance(value, tp)
+    else:
+        return value  # Any, unannotated, or a type a YAML value cannot be: not checked
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value

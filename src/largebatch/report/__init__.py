@@ -3,6 +3,8 @@
 - :mod:`~largebatch.report.data`: find, validate and group runs; per-setting statistics.
 - :mod:`~largebatch.report.gap`: the paired gap estimates (gap closed, bootstrap intervals).
 - :mod:`~largebatch.report.figures`: the PNG figures.
+- :mod:`~largebatch.report.analyses`: what ``largebatch analyze`` left in the runs
+  (epsilon-sharpness, the parametric plot).
 - :mod:`~largebatch.report.command`: ``largebatch report`` (``report.md``, ``report.json``).
 
 The names most callers need are re-exported here::

@@ -130,6 +130,7 @@ def write_report(
         ) from None
     rows = setting_rows(groups)
     table = format_table(rows)
+    target_asked = target is not None
     target = default_target(groups) if target is None else target
     steps = steps_rows(groups, target) if not math.isnan(target) else []
     hessian = hessian_rows(groups)
@@ -141,6 +142,16 @@ def write_report(
         gap_table = format_gap_table(gap_rows(groups, *gap))
         gap_kind = format_diagnosis(diagnose_groups(*(find_group(groups, g) for g in gap)))
     figures = report_figures.draw_all(groups, rows, steps, hessian, target, out)
+    from largebatch.report import analyses
+
+    eps_sharpness = analyses.sharpness_rows(groups)
+    interpolation = analyses.interpolation_sets(dirs, runs, groups)
+    figures += analyses.draw(eps_sharpness, interpolation, out)
+    not_drawn = report_figures.not_drawn(
+        groups, steps, target, target_asked, [name for name, _ in figures]
+    )
+    for line in not_drawn:
+        print(f"report: {line}", file=sys.stderr)
     seeds = sorted({r.seed for r in runs})
     commits = _commits(runs)
     text = [
@@ -219,9 +230,13 @@ def write_report(
                 f"settings: {rho:.2f}."
             )
         text.append("")
-    if figures:
+    text += analyses.markdown(eps_sharpness, interpolation)
+    if figures or not_drawn:
         text += ["## Figures", ""]
         text += [f"![{caption}]({name})  \n{caption}\n" for name, caption in figures]
+        if not_drawn:
+            text += ["Asked for but not drawn, or drawn in part:", ""]
+            text += [f"- {line}." for line in not_drawn] + [""]
     text += [
         "## Runs",
         "",
@@ -246,6 +261,9 @@ def write_report(
         "runs": [str(r.path) for r in runs],
         "skipped": [{"path": str(x.path), "reason": x.reason} for x in skipped],
         "figures": [name for name, _ in figures],
+        "not_drawn": not_drawn,
+        "eps_sharpness": eps_sharpness,
+        "interpolation": [{k: s[k] for k in ("a", "b", "seeds", "files")} for s in interpolation],
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

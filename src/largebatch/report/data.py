@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
+
 from largebatch import rundir
 from largebatch.errors import UserError
 
@@ -29,15 +31,21 @@ IGNORED_KEYS = frozenset(
         "train.progress",
         "train.eval_batch_size",
         "train.checkpoint_every_epochs",
+        "train.plugins",
         "data.root",
         "data.num_workers",
         "data.cache_dir",
     }
 )
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then about 1.96).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_quantile(n: int) -> float:
+    """The two-sided 95% quantile of Student's t for a mean of ``n`` values (``n - 1`` degrees of
+    freedom): ``scipy.stats.t.ppf(0.975, n - 1)``, e.g. 4.303 at n = 3, 2.023 at n = 40 (never the
+    normal's 1.96). nan for n < 2."""
+    if n < 2:
+        return math.nan
+    return float(scipy.stats.t.ppf(0.975, n - 1))
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -52,7 +60,16 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, keys in cfg.items() for k, v in (keys or {}).items()}
+    """``{"train.global_batch_size": 512, ...}``; a mapping-valued key is spread into its entries
+    (``model.args: {depth: 3}`` -> ``model.args.depth``), so settings differ by entry."""
+    flat = {}
+    for s, keys in cfg.items():
+        for k, v in (keys or {}).items():
+            if isinstance(v, dict):
+                flat.update({f"{s}.{k}.{name}": value for name, value in v.items()})
+            else:
+                flat[f"{s}.{k}"] = v
+    return flat
 
 
 @dataclass
@@ -281,7 +298,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for run in runs:
         by_key.setdefault(run.setting_key(), []).append(run)
     configs = [json.loads(k) for k in by_key]
-    varying = [k for k in configs[0] if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    keys = dict.fromkeys(k for c in configs for k in c)  # a plugin's model.args.* may be absent
+    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     short = {k: k.rsplit(".", 1)[1] for k in varying}
     if len(set(short.values())) < len(short):
         short = {k: k for k in varying}
@@ -328,8 +346,7 @@ def stat(values: list[float]) -> Stat:
     if n == 1:
         return Stat(mean, math.nan, 1, math.nan)
     std = statistics.stdev(values)
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    return Stat(mean, std, n, t * std / math.sqrt(n))
+    return Stat(mean, std, n, t_quantile(n) * std / math.sqrt(n))
 
 
 def run_values(run: Run) -> dict[str, float]:
@@ -424,21 +441,12 @@ def hessian_rows(groups: list[Group]) -> list[dict[str, Any]]:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return math.nan  # a constant has no ranks to correlate (lr/B is one under linear scaling)
-    return statistics.correlation(ranks(x), ranks(y))
+    """Spearman's rank correlation, ``scipy.stats.spearmanr`` (average ranks for ties), over the
+    pairs where both values are finite; nan with fewer than 3 such pairs or when either side is
+    constant (a constant has no ranks to correlate: lr/B is one under linear scaling)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} x values but {len(y)} y values")
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return math.nan
+    return float(scipy.stats.spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)

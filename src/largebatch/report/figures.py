@@ -299,3 +299,64 @@ def draw_all(
             fig.savefig(out / name, dpi=110)
             made.append((name, caption))
     return made
+
+
+def not_drawn(
+    groups: list[Group],
+    steps: list[dict[str, Any]],
+    target: float,
+    target_asked: bool,
+    made: list[str],
+) -> list[str]:
+    """One line for each figure the user asked for (``--target``; ``analyze surface``) that is
+    not drawn, or drawn without some settings, saying why; empty when nothing is left out."""
+    from largebatch.report.data import default_target, evaluations
+
+    notes = []
+    if target_asked and steps:
+        pct = f"{100 * target:.1f}%"
+        reached = [s for s in steps if s["steps"]["n"]]
+        missed = [s["setting"] for s in steps if not s["steps"]["n"]]
+        never = f"; never reached by: {', '.join(missed)}" if missed else ""
+        if "steps_to_target.png" not in made:
+            bests = [
+                (max(a for _, a in evaluations(r)), g.label)
+                for g in groups
+                for r in g.completed
+                if evaluations(r)
+            ]
+            if not bests:
+                notes.append("steps_to_target.png not drawn: no run completed")
+            elif not reached:
+                best, label = max(bests)
+                notes.append(
+                    f"steps_to_target.png not drawn: no run reached --target {pct} validation "
+                    f"accuracy (the best any run reached: {100 * best:.1f}%, {label}); give a "
+                    "lower --target, or leave it out for the best accuracy every run reaches "
+                    f"({100 * default_target(groups):.1f}%)"
+                )
+            else:
+                batches = sorted({s["batch"] for s in reached})
+                notes.append(
+                    f"steps_to_target.png not drawn: only runs at B={batches[0]} reached {pct} "
+                    f"validation accuracy (the figure needs two batch sizes){never}"
+                )
+        elif missed:
+            notes.append(
+                f"steps_to_target.png leaves out {', '.join(missed)}: no run of theirs reached "
+                f"--target {pct} validation accuracy"
+            )
+    only_2d = [
+        r
+        for g in groups
+        for r in g.completed
+        if r.surface is None and (r.path / "analysis" / "surface_2d.json").is_file()
+    ]
+    if only_2d:
+        how = "leaves out" if "surfaces.png" in made else "not drawn:"
+        notes.append(
+            f"surfaces.png {how} {len(only_2d)} run(s) that hold only a 2-D surface "
+            "(analysis/surface_2d.json): it draws 1-D curves (largebatch analyze surface RUN "
+            "--dim 1); the 2-D ones are in each RUN/analysis/surface_2d.png"
+        )
+    return notes

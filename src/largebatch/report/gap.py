@@ -8,10 +8,13 @@ with ``a_X(s)`` the final validation accuracy of setting ``X`` at seed ``s``::
     delta(F)       = mean_s [a_F(s) - a_L(s)]
     closed(F)      = delta(F) / gap                 (1 = the whole gap, 0 = nothing, < 0 worse)
 
-The 95% intervals are percentile bootstrap intervals over seeds: the seeds present in all three
-settings are resampled with replacement (``resamples`` times, a fixed generator) and each
-statistic is recomputed on the resample, so the pairing is kept. With few seeds the interval is
-wide; it says how far the number can be trusted.
+The 95% intervals are percentile bootstrap intervals over seeds (``scipy.stats.bootstrap`` with
+``paired=True``, ``method="percentile"``): the seeds present in all three settings are resampled
+with replacement (``resamples`` times, from ``numpy.random.default_rng(0)``, so a report is
+reproducible) and each statistic is recomputed on the resample, so the pairing is kept. Resamples
+on which a statistic is undefined (``closed`` when the resampled gap is 0) are left out of the
+percentiles. With few seeds the interval is wide; it says how far the number can be trusted; with
+one seed there is none (``low = high = value``).
 
 Example::
 
@@ -25,9 +28,14 @@ Example::
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import scipy.stats
 
 RESAMPLES = 10_000
 
@@ -62,22 +70,66 @@ def _common_seeds(*settings: dict[int, float]) -> list[int]:
     return sorted(seeds)
 
 
-def _bootstrap(
-    columns: np.ndarray, statistic, resamples: int = RESAMPLES, seed: int = 0
-) -> Estimate:
-    """``statistic(columns)`` and its percentile interval; ``columns`` is (seeds, k)."""
+Statistic = Callable[[np.ndarray], Any]
+"""A statistic of paired columns: takes an array ``c`` of shape ``(..., seeds, k)`` (column ``j``
+is ``c[..., j]``) and returns shape ``(...)`` (one statistic) or ``(q, ...)`` (``q`` statistics
+of the same resamples), reducing over the seeds with ``axis=-1``."""
+
+# scipy >= 1.15 takes the generator as ``rng``; earlier versions as ``random_state``.
+_RNG = "rng" if "rng" in inspect.signature(scipy.stats.bootstrap).parameters else "random_state"
+
+
+def bootstrap_estimates(
+    columns: np.ndarray, statistic: Statistic, resamples: int = RESAMPLES, seed: int = 0
+) -> list[Estimate]:
+    """``statistic(columns)`` and the 95% percentile interval of each of its ``q`` values, all
+    from the same ``resamples`` resamples of the seeds (the rows of ``columns``, shape
+    ``(seeds, k)``): ``scipy.stats.bootstrap(paired=True, method="percentile")`` with the
+    generator ``numpy.random.default_rng(seed)``. Non-finite resampled values are left out of a
+    statistic's percentiles; with one seed the interval is the value itself."""
+    columns = np.asarray(columns, dtype=float)
     n = len(columns)
-    if n == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    value = float(statistic(columns))
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n, size=(resamples, n))
-    draws = np.array([statistic(columns[p]) for p in picks], dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if len(draws) == 0:
-        return Estimate(value, float("nan"), float("nan"), n)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return Estimate(value, float(low), float(high), n)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no seeds: nan
+        value = np.atleast_1d(np.asarray(statistic(columns), dtype=float))
+    nan = float("nan")
+    if n < 2:  # no interval: scipy needs two observations to resample
+        ends = [float(v) if n == 1 and np.isfinite(v) else nan for v in value]
+        return [Estimate(float(v), e, e, n) for v, e in zip(value, ends, strict=True)]
+
+    def paired(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(statistic(np.stack(cols, axis=-1)), dtype=float)
+
+    with warnings.catch_warnings():  # an undefined resample: its percentiles are taken below
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        result = scipy.stats.bootstrap(
+            tuple(columns.T),
+            paired,
+            n_resamples=resamples,
+            paired=True,
+            vectorized=True,
+            method="percentile",
+            confidence_level=0.95,
+            **{_RNG: np.random.default_rng(seed)},
+        )
+    lows = np.atleast_1d(result.confidence_interval.low)
+    highs = np.atleast_1d(result.confidence_interval.high)
+    draws = np.atleast_2d(result.bootstrap_distribution)
+    out = []
+    for v, low, high, d in zip(value, lows, highs, draws, strict=True):
+        if not (np.isfinite(low) and np.isfinite(high)):
+            d = d[np.isfinite(d)]
+            low, high = np.percentile(d, [2.5, 97.5]) if len(d) else (nan, nan)
+        out.append(Estimate(float(v), float(low), float(high), n))
+    return out
+
+
+def _bootstrap(
+    columns: np.ndarray, statistic: Statistic, resamples: int = RESAMPLES, seed: int = 0
+) -> Estimate:
+    """One statistic's :func:`bootstrap_estimates`."""
+    (estimate,) = bootstrap_estimates(columns, statistic, resamples, seed)
+    return estimate
 
 
 def paired_difference(
@@ -86,7 +138,7 @@ def paired_difference(
     """``mean_s [a(s) - b(s)]`` over the seeds both have (``{seed: accuracy}``)."""
     seeds = _common_seeds(a, b)
     cols = np.array([[a[s], b[s]] for s in seeds], dtype=float).reshape(-1, 2)
-    return _bootstrap(cols, lambda c: np.mean(c[:, 0] - c[:, 1]), resamples)
+    return _bootstrap(cols, lambda c: np.mean(c[..., 0] - c[..., 1], axis=-1), resamples)
 
 
 def gap_closed(
@@ -99,9 +151,11 @@ def gap_closed(
     seeds = _common_seeds(small, large, fix)
     cols = np.array([[small[s], large[s], fix[s]] for s in seeds], dtype=float).reshape(-1, 3)
 
-    def closed(c: np.ndarray) -> float:
-        gap = np.mean(c[:, 0] - c[:, 1])
-        return float(np.mean(c[:, 2] - c[:, 1]) / gap) if gap != 0 else float("nan")
+    def closed(c: np.ndarray) -> np.ndarray:
+        gap = np.mean(c[..., 0] - c[..., 1], axis=-1)
+        delta = np.mean(c[..., 2] - c[..., 1], axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap != 0, delta / np.where(gap != 0, gap, 1.0), np.nan)
 
     return _bootstrap(cols, closed, resamples)
 
