@@ -122,8 +122,8 @@ def test_an_unknown_preset_name_is_one_line_listing_the_names(tmp_path, capsys, 
 def test_list_shows_each_sweep_and_comparison_preset_with_its_time(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for subdir in ("sweeps", "compare"):
-        section = out[out.index(f"{subdir} presets (largebatch ") :].splitlines()[1:]
+    for subdir, command in (("sweeps", "sweep"), ("compare", "compare")):
+        section = out[out.index(f"{command} presets (largebatch {command} ") :].splitlines()[1:]
         for name, path in list_presets(subdir).items():
             line = next(ln for ln in section if ln.split()[:1] == [name])
             time = header_field(path, "Time")
