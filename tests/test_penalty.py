@@ -130,5 +130,8 @@ def test_arguments_are_checked():
     _, _, w = least_squares()
     with pytest.raises(ValueError, match="form must be one of"):
         gradient_norm_penalty(lambda: w.sum(), [w], 0.1, form="exact")
-    with pytest.raises(ValueError, match="lam must be >= 0"):
-        gradient_norm_penalty(lambda: w.sum(), [w], -1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+            gradient_norm_penalty(lambda: w.sum(), [w], bad)
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        gradient_norm_penalty(lambda: w.sum(), [w], 0.1, scale=float("nan"))

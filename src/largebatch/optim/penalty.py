@@ -48,6 +48,7 @@ gradient is ``(1 + lambda/2) g`` in both forms)::
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -95,8 +96,10 @@ def gradient_norm_penalty(
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     params = [p for p in params if p.requires_grad]
     if form == "double_backward":
         loss = loss_fn()
