@@ -9,6 +9,7 @@ tests/distributed/test_attach_ddp.py OUT``): each rank writes what it ended with
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 from pathlib import Path
@@ -127,6 +128,11 @@ def _rank_main(out: Path) -> None:
                 dcp_load(ddp, optimizer)
             train(ddp, optimizer, STOP, STEPS)
         record(f"dcp_{order}", model, noise, caught)
+    # Free the DDP wrappers (their reducers hold gloo work) while the process group is alive:
+    # freed at interpreter exit instead, after it is destroyed, gloo can abort the process.
+    del model, ddp, optimizer, noise
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
