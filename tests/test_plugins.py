@@ -95,7 +95,9 @@ def test_analyze_a_plugin_run_with_its_loss(toy_run):
         "analyze", "hessian", toy_run, "--top-k", "1", "--trace-probes", "2", "--samples", "128"
     )
     assert done.returncode == 0, done.stderr
-    values = read_json(toy_run / "analysis" / "hessian.json")["values"]
+    record = read_json(toy_run / "analysis" / "hessian.json")
+    assert record["loss"] == "toy_focal"  # the run's loss, named in the record and its figures
+    values = record["values"]
     assert len(values["eigenvalues"]) == 1 and values["trace"] is not None
 
 

@@ -111,6 +111,12 @@ def evaluation_loss(train: TrainConfig) -> LossFn:
     return _checked(info)
 
 
+def evaluation_loss_name(train: TrainConfig) -> str:
+    """The registry name of :func:`evaluation_loss` (what analyses and their figures report)."""
+    info = check_loss_name(train.loss)
+    return info.name if info.fn is not cross_entropy and info.evaluate else "cross_entropy"
+
+
 def mean_loss(loss: LossFn) -> LossFn:
     """The batch mean of a per-example loss, ``(1/N) sum_i l_i`` (what the analysis functions
     take as ``loss_fn``); :func:`cross_entropy` gives ``F.cross_entropy`` itself."""

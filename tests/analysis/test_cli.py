@@ -130,6 +130,7 @@ def test_every_command_writes_json_and_png_and_touches_nothing_else(runs, capsys
     rec = read(out / "noise_scale.json")
     values = rec["values"]
     assert values["method"] == "per_example" and values["trace_sigma"] > 0
+    assert rec["loss"] == "cross_entropy"
     step = json.loads((small / "summary.json").read_text())["final"]["step"]
     assert values["step"] == step
     assert values["injected_variance_per_entry"] == pytest.approx(1e-5 / (1 + step) ** 0.55)

@@ -41,6 +41,7 @@ from largebatch.analysis.sharpness import epsilon_sharpness
 from largebatch.analysis.surface import loss_surface
 from largebatch.analysis.trace import hutchinson_trace
 from largebatch.errors import UserError
+from largebatch.losses import evaluation_loss_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,6 +76,7 @@ def _record(
         "checkpoint": {"epoch": run.checkpoint.get("epoch"), "step": run.checkpoint.get("step")},
         "model": run.config.model.name,
         "data": run.config.data.name,
+        "loss": evaluation_loss_name(run.config.train),  # the loss the values are of
         "settings": _settings(args),
         "device": str(run.device),
         "torch": torch.__version__,

@@ -97,7 +97,8 @@ def interpolation_figure(record: dict[str, Any]) -> Figure:
     ax.semilogy(alphas, values["val_loss"], "-", color="tab:blue")
     name_a, name_b = Path(record["run_dir"]).name, Path(record["run_b"]).name
     ax.set_xlabel(f"alpha  (0: {name_a}, 1: {name_b})")
-    ax.set_ylabel("cross-entropy (log scale)", color="tab:blue")
+    loss = str(record.get("loss", "cross_entropy")).replace("_", "-")
+    ax.set_ylabel(f"{loss} (log scale)", color="tab:blue")
     plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # not 2.3x10^0 on a short log axis
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_log_label(ax, v)))

@@ -88,7 +88,8 @@ def interpolation_sets(
     dirs: list[str | Path], runs: list[Run], groups: list[Group]
 ) -> list[dict[str, Any]]:
     """The parametric plots the runs' analyses hold, grouped by the pair of settings they join:
-    ``{"a": label, "b": label, "curves": [values, ...], "seeds": [...], "files": [...]}``.
+    ``{"a": label, "b": label, "loss": name, "curves": [values, ...], "seeds": [...],
+    "files": [...]}`` (``loss``: the loss the curves are of, as the analysis recorded it).
 
     A record's ends (``run_dir``, ``run_b``) are matched to the runs read by path, else by the run
     folder's name (a sweep stores paths as given on its command line)."""
@@ -117,7 +118,11 @@ def interpolation_sets(
         if record is None or not {"alpha", "train_loss", "val_loss"} <= set(record["values"]):
             continue
         (a, seed), (b, _) = find(record.get("run_dir")), find(record.get("run_b"))
-        entry = sets.setdefault((a, b), {"a": a, "b": b, "curves": [], "seeds": [], "files": []})
+        entry = sets.setdefault(
+            (a, b),
+            {"a": a, "b": b, "loss": record.get("loss", "cross_entropy"), "curves": []}
+            | {"seeds": [], "files": []},
+        )
         entry["curves"].append(record["values"])
         entry["seeds"].append(seed)
         entry["files"].append(str(file))
@@ -226,7 +231,8 @@ def interpolation_figure(sets: list[dict[str, Any]]) -> Figure | None:
         for x in (0, 1):
             ax.axvline(x, color="k", lw=0.6, alpha=0.4)
         ax.set_xlabel(f"a   (a = 0: {s['a']};  a = 1: {s['b']})", fontsize=8)
-        ax.set_ylabel("cross-entropy (log scale)", color="tab:blue")
+        loss = str(s.get("loss", "cross_entropy")).replace("_", "-")
+        ax.set_ylabel(f"{loss} (log scale)", color="tab:blue")
         acc.set_ylabel("accuracy (%)", color="tab:red")
         acc.set_ylim(0, 100)
         n = len(curves)
