@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from largebatch.plotting import plain_log_y
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -70,25 +72,9 @@ def sharpness_figure(record: dict[str, Any]) -> Figure:
     return fig
 
 
-def _minor_log_label(ax: Any, value: float) -> str:
-    """A label for a minor tick (2..9 x 10^k) of a log y axis, or none: labels at 2, 3 and 5 up to
-    about a decade, at 2 and 5 up to 2.5 decades, none beyond (all of them would sit on top of
-    each other, as they did)."""
-    low, high = ax.get_ylim()
-    if low <= 0 or value <= 0:
-        return ""
-    decades = math.log10(high / low)
-    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
-    if (decades <= 1.2 and mantissa in (2, 3, 5)) or (decades <= 2.5 and mantissa in (2, 5)):
-        return f"{value:.3g}"
-    return ""
-
-
 def interpolation_figure(record: dict[str, Any]) -> Figure:
     """Like the paper's Fig. 6: loss on a log scale (left), accuracy (right); train dotted,
     validation solid."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
-
     values = record["values"]
     alphas = values["alpha"]
     fig = new_figure(6.2, 4.2)
@@ -99,13 +85,7 @@ def interpolation_figure(record: dict[str, Any]) -> Figure:
     ax.set_xlabel(f"alpha  (0: {name_a}, 1: {name_b})")
     loss = str(record.get("loss", "cross_entropy")).replace("_", "-")
     ax.set_ylabel(f"{loss} (log scale)", color="tab:blue")
-    plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # not 2.3x10^0 on a short log axis
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_log_label(ax, v)))
-    low, high = ax.get_ylim()
-    if 0 < low and high / low < 10**0.5:  # too short for ticks at 1..9 x 10^k: evenly spaced
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.yaxis.set_minor_locator(NullLocator())
+    plain_log_y(ax)  # not 2.3x10^0 on a short log axis
     acc = ax.twinx()
     acc.plot(alphas, [100 * a for a in values["train_accuracy"]], ":", color="tab:red")
     acc.plot(alphas, [100 * a for a in values["val_accuracy"]], "-", color="tab:red")

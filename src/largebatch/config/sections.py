@@ -18,6 +18,9 @@ class ConfigError(UserError):
     """A user mistake in a config file or an override; the message names the key and the fix."""
 
 
+ConfigError.__module__ = "largebatch.config"  # where users import it from, and what it prints
+
+
 # ----------------------------------------------------------------------------------------------
 # Sections
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from largebatch import rundir
+from largebatch.plotting import plain_log_y
 from largebatch.report.data import Group, Run, stat
 
 if TYPE_CHECKING:
@@ -165,36 +166,13 @@ def sharpness_figure(rows: list[dict[str, Any]]) -> Figure | None:
     ax.xaxis.set_minor_locator(NullLocator())
     every = [v for r in rows for v in r["per_run"]]
     if min(every) > 0 and max(every) / min(every) > 20:
-        _plain_log_y(ax)
+        plain_log_y(ax)
     ax.set(xlabel="batch size B", ylabel="epsilon-sharpness")
     ax.set_title("Keskar et al.'s epsilon-sharpness of the solutions: grey = one run", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
-
-
-def _minor_label(ax: Any, value: float) -> str:
-    """A label for a minor tick (2..9 x 10^k) of a log y axis where they do not crowd: at 2, 3
-    and 5 up to about a decade, at 2 and 5 up to 2.5 decades, none beyond (as
-    :mod:`largebatch.analysis.figures` labels its log axes)."""
-    low, high = ax.get_ylim()
-    if low <= 0 or value <= 0:
-        return ""
-    decades = math.log10(high / low)
-    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
-    if (decades <= 1.2 and mantissa in (2, 3, 5)) or (decades <= 2.5 and mantissa in (2, 5)):
-        return f"{value:.3g}"
-    return ""
-
-
-def _plain_log_y(ax: Any) -> None:
-    """A log y axis labelled with plain numbers (0.6, 2, 30), not 6 x 10^-1."""
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _minor_label(ax, v)))
 
 
 def _mean(curves: list[list[float]]) -> list[float]:
@@ -227,7 +205,7 @@ def interpolation_figure(sets: list[dict[str, Any]]) -> Figure | None:
                     acc.plot(alphas, a, style, color="tab:red", lw=0.7, alpha=0.35)
             ax.plot(alphas, _mean(losses), style, color="tab:blue", lw=1.8)
             acc.plot(alphas, _mean(accs), style, color="tab:red", lw=1.8)
-        _plain_log_y(ax)
+        plain_log_y(ax)
         for x in (0, 1):
             ax.axvline(x, color="k", lw=0.6, alpha=0.4)
         ax.set_xlabel(f"a   (a = 0: {s['a']};  a = 1: {s['b']})", fontsize=8)
