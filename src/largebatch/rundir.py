@@ -56,6 +56,18 @@ METRIC_KEYS = (
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
+def make_out_folder(folder: Path) -> None:
+    """Create the ``--out`` folder (and its parents) of any command, or raise one
+    :class:`UserError` naming it and why (a file in the way, no permission, a full disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--out {folder} cannot be made ({e.strerror or e}); choose another --out (a new or "
+            "writable folder)"
+        ) from None
+
+
 def write_json(path: Path, obj: Any) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
     atomic_write_bytes(path, lambda f: f.write(data))

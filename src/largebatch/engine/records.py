@@ -60,12 +60,7 @@ def check_out_dir(run_dir: Path) -> None:
     """``--out`` must be a directory we can create and write (checked before data is built)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is an existing file; choose a directory path")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"--out {run_dir} cannot be created ({e.strerror}); choose another path"
-        ) from None
+    rundir.make_out_folder(run_dir)
     if not os.access(run_dir, os.W_OK):
         raise UserError(f"--out {run_dir} is not writable; choose another path")
 

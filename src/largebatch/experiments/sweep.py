@@ -319,12 +319,7 @@ def run_sweep(
     cuda = _device_is_cuda(spec)
     workers = workers or 1
     threads = None if cuda or workers == 1 else max(1, (os.cpu_count() or 1) // workers)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"--out {out} cannot be made ({e.strerror or e}); give --out a new or writable folder"
-        ) from None
+    rundir.make_out_folder(out)
     lock = _lock_sweep(out)
     try:
         return _run_locked(spec, out, workers, threads, cuda, quiet)

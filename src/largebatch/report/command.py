@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from largebatch import rundir
 from largebatch.errors import UserError
 from largebatch.report.data import (
     Group,
@@ -122,12 +123,7 @@ def write_report(
     for line in skip_lines(runs, skipped):
         print(f"report: {line}", file=sys.stderr)
     groups = group_runs(runs)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"--out {out} cannot be made ({e.strerror}); choose another --out"
-        ) from None
+    rundir.make_out_folder(out)
     rows = setting_rows(groups)
     table = format_table(rows)
     target_asked = target is not None
