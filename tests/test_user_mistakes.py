@@ -57,6 +57,14 @@ def run_cli(args: list[str], capsys) -> tuple[int | None, str]:
     return rc, capsys.readouterr().err
 
 
+def check_train_refused(tmp_path, capsys, cache: str, overrides: list[str], needle: str) -> None:
+    """``train`` with these overrides: one error line naming ``needle``, no run started."""
+    out = tmp_path / "run"
+    rc, err = run_cli(["train", MLP, *TINY, cache, *overrides, "--out", str(out)], capsys)
+    check_one_error(err, rc, "train", needle)
+    assert not (out / "config.yaml").exists()
+
+
 def run_process(args: list[str], cwd: Path) -> tuple[int, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -127,10 +135,7 @@ def test_out_that_is_a_file_in_a_subprocess(tmp_path, cache):
     ],
 )
 def test_config_mistakes(tmp_path, capsys, cache, overrides, needle):
-    out = tmp_path / "run"
-    rc, err = run_cli(["train", MLP, *TINY, cache, *overrides, "--out", str(out)], capsys)
-    check_one_error(err, rc, "train", needle)
-    assert not (out / "config.yaml").exists()
+    check_train_refused(tmp_path, capsys, cache, overrides, needle)
 
 
 @pytest.mark.parametrize("root", ["missing", "empty", "file"])
@@ -218,10 +223,7 @@ def test_other_commands(tmp_path, capsys, args, command):
     ],
 )
 def test_keys_that_would_do_nothing(tmp_path, capsys, cache, overrides, needle):
-    out = tmp_path / "run"
-    rc, err = run_cli(["train", MLP, *TINY, cache, *overrides, "--out", str(out)], capsys)
-    check_one_error(err, rc, "train", needle)
-    assert not (out / "config.yaml").exists()
+    check_train_refused(tmp_path, capsys, cache, overrides, needle)
 
 
 def test_the_keys_still_work_where_they_act():

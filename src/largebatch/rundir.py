@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from largebatch.checkpoint import atomic_write_bytes
-from largebatch.config import Config, YamlTooLarge, config_from_dict, dump_config, read_yaml_file
+from largebatch.config import (
+    Config,
+    config_from_dict,
+    dump_config,
+    read_user_yaml,
+)
 from largebatch.errors import UserError
 
 METRIC_KEYS = (
@@ -92,20 +96,7 @@ def read_config_dict(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     fix = "restore it from a copy, or train the run afresh into another --out"
-    try:
-        raw = read_yaml_file(path)
-    except YamlTooLarge as e:
-        raise UserError(f"{path} is not a readable run config ({e}); {fix}") from None
-    except yaml.YAMLError as e:
-        problem = str(getattr(e, "problem", None) or type(e).__name__)
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        detail = f"{problem}{at}"
-        if "tag:yaml.org,2002:python/" in problem:
-            detail = f"a !!python/ tag{at}, refused unread: loading it could run code"
-        raise UserError(f"{path} is not a readable run config ({detail}); {fix}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    raw = read_user_yaml(path, "run config", fix=fix)
     if raw is None:
         raise UserError(f"{path} is empty, not a run config; {fix}")
     if not isinstance(raw, dict):

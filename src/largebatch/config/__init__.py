@@ -64,7 +64,9 @@ from largebatch.config.yaml_io import (  # noqa: F401
     YAML_MAX_BYTES,
     YAML_MAX_NODES,
     YamlTooLarge,
+    describe_yaml_error,
     load_yaml_text,
+    read_user_yaml,
     read_yaml_file,
 )
 
@@ -99,11 +101,13 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "describe_yaml_error",
     "dump_config",
     "load_config",
     "load_yaml_text",
     "normalise_yaml_floats",
     "parse_override",
+    "read_user_yaml",
     "read_yaml_file",
     "resolved",
     "run_epochs",

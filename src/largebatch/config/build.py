@@ -19,7 +19,7 @@ import yaml
 
 from largebatch.config.checks import validate
 from largebatch.config.sections import SECTIONS, Config, ConfigError
-from largebatch.config.yaml_io import YamlTooLarge, load_yaml_text, read_yaml_file
+from largebatch.config.yaml_io import YamlTooLarge, load_yaml_text, read_user_yaml
 
 # ----------------------------------------------------------------------------------------------
 # Building from plain dicts, with types checked
@@ -179,18 +179,7 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist (presets are in configs/)")
-    try:
-        raw = read_yaml_file(path)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
-    except YamlTooLarge as e:
-        raise ConfigError(
-            f"config file '{path}' refused: {e}; write the values out plainly"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"config file '{path}' cannot be read ({type(e).__name__}: {e})"
-        ) from None
+    raw = read_user_yaml(path, "config file", ConfigError)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections")
     return raw or {}

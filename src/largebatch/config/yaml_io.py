@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from largebatch.errors import UserError
+
 YAML_MAX_BYTES = 4 * 1024 * 1024
 """The largest YAML file (config, sweep spec, run config) read: real ones are a few kB."""
 YAML_MAX_NODES = 100_000
@@ -100,3 +102,30 @@ def read_yaml_file(path: str | Path) -> Any:
         )
     with open(path, encoding="utf-8") as f:
         return load_yaml_text(f.read())
+
+
+def describe_yaml_error(e: yaml.YAMLError) -> str:
+    """What is wrong and where (``mapping values are not allowed here at line 3``); a
+    ``!!python/`` tag is named as refused unread."""
+    problem = str(getattr(e, "problem", None) or e or type(e).__name__)
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}" if mark is not None else ""
+    if "tag:yaml.org,2002:python/" in problem:
+        return f"a !!python/ tag{at}, refused unread: loading it could run code"
+    return f"{problem}{at}"
+
+
+def read_user_yaml(path: Path, what: str, error: type[Exception] = UserError, fix: str = "") -> Any:
+    """:func:`read_yaml_file` of a file a user gave (a config, a spec, a run's config): every way
+    it can fail is one ``error`` naming ``what`` and the file, then ``fix`` when given."""
+    tail = f"; {fix}" if fix else ""
+    try:
+        return read_yaml_file(path)
+    except YamlTooLarge as e:
+        raise error(
+            f"{what} '{path}' refused: {e}{tail or '; write the values out plainly'}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise error(f"{what} '{path}' is not valid YAML: {describe_yaml_error(e)}{tail}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} '{path}' cannot be read ({type(e).__name__}: {e}){tail}") from None

@@ -39,6 +39,7 @@ from largebatch.distributed import DistContext
 from largebatch.engine import Run, UpdateResult, build_run, optimizer_update, resolve_device
 from largebatch.errors import UserError
 from largebatch.gradient.base import UpdateInfo
+from largebatch.plotting import log_axis_at
 
 # MNIST-1D is generated locally: the default needs no dataset files (Fashion-MNIST does).
 DEFAULT_CONFIG = "mnist1d_cnn"
@@ -213,18 +214,13 @@ def markdown(rows: list[BenchRow], title: str, device: str, note: str) -> str:
 
 def figure(rows: list[BenchRow], title: str, device: str, path: Path) -> None:
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_axes((0.14, 0.13, 0.82, 0.74))
     xs = [r.batch_size for r in rows]
     ax.plot(xs, [r.images_per_s for r in rows], "o-", color="tab:blue")
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(xs))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    ax.xaxis.set_major_formatter(fmt)
-    ax.xaxis.set_minor_locator(NullLocator())
+    log_axis_at(ax, "x", xs)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     for r in rows:
         ax.annotate(

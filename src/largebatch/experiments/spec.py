@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from largebatch.config import YamlTooLarge, normalise_yaml_floats, read_yaml_file
+from largebatch.config import normalise_yaml_floats, read_user_yaml
 from largebatch.errors import UserError
 
 SPEC_KEYS = (
@@ -130,14 +128,7 @@ def read_spec_file(
     ``keys``; every problem is one :class:`UserError` naming the file."""
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist (presets are in {presets})")
-    try:
-        raw = read_yaml_file(path)
-    except yaml.YAMLError as e:
-        raise UserError(f"{what} '{path}' is not valid YAML: {e}") from None
-    except YamlTooLarge as e:
-        raise UserError(f"{what} '{path}' refused: {e}; write the values out plainly") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {e})") from None
+    raw = read_user_yaml(path, what)
     if not isinstance(raw, dict):
         raise UserError(f"{what} '{path}' must be a mapping with {needs}")
     raw = normalise_yaml_floats(raw)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from largebatch import rundir
-from largebatch.plotting import plain_log_y
+from largebatch.plotting import log_axis_at, plain_log_y
 from largebatch.report.data import Group, Run, stat
 
 if TYPE_CHECKING:
@@ -136,7 +136,6 @@ def sharpness_figure(rows: list[dict[str, Any]]) -> Figure | None:
     if not rows:
         return None
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     fig = Figure(figsize=(6.2, 4.2))
     ax = fig.add_subplot(1, 1, 1)
@@ -156,14 +155,7 @@ def sharpness_figure(rows: list[dict[str, Any]]) -> Figure | None:
             color="tab:blue",
             label=f"mean over seeds, eps {eps:g} ({space})",
         )
-    batches = sorted({r["batch"] for r in rows})
-    if len(batches) > 1:
-        ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(batches))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    ax.xaxis.set_major_formatter(fmt)
-    ax.xaxis.set_minor_locator(NullLocator())
+    log_axis_at(ax, "x", [r["batch"] for r in rows])
     every = [v for r in rows for v in r["per_run"]]
     if min(every) > 0 and max(every) / min(every) > 20:
         plain_log_y(ax)

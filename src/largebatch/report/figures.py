@@ -19,8 +19,9 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from largebatch.plotting import log_axis_at, plain_log_y
+
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from largebatch.report.data import Group
@@ -43,21 +44,6 @@ def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
-
-
-def _log_axis(ax: Axes, axis: str, values: list[float], base: int = 2) -> None:
-    """A log axis with a tick at each value given and no minor tick labels."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
-
-    getattr(ax, f"set_{axis}scale")("log", base=base)
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    ticks = sorted(set(values))
-    target.set_major_locator(FixedLocator(ticks))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    target.set_major_formatter(fmt)
-    target.set_minor_locator(NullLocator())
-    target.set_minor_formatter(NullFormatter())
 
 
 def curves_figure(groups: list[Group]) -> Figure | None:
@@ -158,7 +144,7 @@ def batch_figure(groups: list[Group], rows: list[dict[str, Any]]) -> Figure | No
             err = [0 if math.isnan(d["std"]) else d["std"] for _, d in pts]
             label = _line_label(groups, idx, len(lines))
             ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS[j % 10], label=label)
-        _log_axis(ax, "x", batches)
+        log_axis_at(ax, "x", batches)
         ax.set(xlabel="batch size B (examples per update)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8, loc="best")
@@ -192,7 +178,7 @@ def steps_figure(groups: list[Group], steps: list[dict[str, Any]], target: float
         ax.plot(xs, ideal, "--", color=color, alpha=0.5, lw=1,
                 label=None if ideal_named else "perfect scaling (steps ∝ 1/B)")  # fmt: skip
         ideal_named = True
-    _log_axis(ax, "x", [s["batch"] for s in reached])
+    log_axis_at(ax, "x", [s["batch"] for s in reached])
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     ax.set_yscale("log")
@@ -221,11 +207,11 @@ def sharpness_figure(groups: list[Group], hessian: list[dict[str, Any]]) -> Figu
         xs = [h[key] for h in hessian]
         ys = [h["top_eigenvalue"]["mean"] for h in hessian]
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3, label="mean over seeds")
-        ax.set_yscale("log")
+        plain_log_y(ax)  # 0.9, 20, 80: not 10^0, 10^1
         if col == 0:
             ax.set_xscale("log")
         else:
-            _log_axis(ax, "x", xs)
+            log_axis_at(ax, "x", xs)
         ax.set(xlabel=xlabel, ylabel="top Hessian eigenvalue")
         ax.grid(alpha=0.3, which="both")
     fig.axes[0].legend(fontsize=8, loc="best")
