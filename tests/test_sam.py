@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from largebatch.config import TrainConfig
 from largebatch.engine.update import Sharpness, UpdateParts, optimizer_update
 from largebatch.gradient.base import TransformChain, UpdateInfo
+from largebatch.losses import training_loss
 from largebatch.optim.sam import SAM, MomentumSAM
 
 F64 = torch.float64
@@ -577,7 +579,9 @@ def test_engine_label_smoothing_is_the_smoothed_cross_entropy_mean():
     model = mlp(dtype=F64)
     x, y = batch(dtype=F64)
     engine_model = copy.deepcopy(model)
-    parts = engine_parts(engine_model, momentum=0.0, label_smoothing=eps)
+    parts = engine_parts(
+        engine_model, momentum=0.0, loss=training_loss(TrainConfig(label_smoothing=eps))
+    )
     out = optimizer_update(parts, split(x, y, 2), 16, UpdateInfo(0, 0.0))
     got = [p.grad for p in engine_model.parameters()]
 

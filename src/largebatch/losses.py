@@ -102,19 +102,23 @@ def training_loss(train: TrainConfig) -> LossFn:
     return _checked(info)
 
 
+def _evaluated(train: TrainConfig) -> LossInfo:
+    """The registry entry a run is evaluated and analysed with: ``train.loss``, or cross-entropy
+    for a loss registered with ``evaluate=False``."""
+    info = check_loss_name(train.loss)
+    return info if info.evaluate else check_loss_name("cross_entropy")
+
+
 def evaluation_loss(train: TrainConfig) -> LossFn:
     """The per-example loss a run is evaluated and analysed with: ``train.loss`` without label
     smoothing, or :func:`cross_entropy` for a loss registered with ``evaluate=False``."""
-    info = check_loss_name(train.loss)
-    if info.fn is cross_entropy or not info.evaluate:
-        return cross_entropy
-    return _checked(info)
+    info = _evaluated(train)
+    return cross_entropy if info.fn is cross_entropy else _checked(info)
 
 
 def evaluation_loss_name(train: TrainConfig) -> str:
     """The registry name of :func:`evaluation_loss` (what analyses and their figures report)."""
-    info = check_loss_name(train.loss)
-    return info.name if info.fn is not cross_entropy and info.evaluate else "cross_entropy"
+    return _evaluated(train).name
 
 
 def mean_loss(loss: LossFn) -> LossFn:

@@ -49,12 +49,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from largebatch.engine.evaluate import autocast
 from largebatch.gradient.base import TransformChain, UpdateInfo
-from largebatch.losses import LossFn
+from largebatch.losses import LossFn, cross_entropy
 from largebatch.optim.perturbation import Perturbation, ascent_scale, frozen_batchnorm
 from largebatch.optim.sam import momentum_buffers
 
@@ -91,10 +90,9 @@ class UpdateParts:
         ddp: the model is a DDP wrapper (``no_sync()`` on all but the last micro-batch).
         grad_penalty: ``lambda`` of the micro-batch gradient-norm penalty, double backward (0:
             off).
-        label_smoothing: ``eps`` of the training loss, ``(1 - eps) CE(y) + eps mean_c CE(c)``,
-            when ``loss`` is None.
-        loss: the per-example training loss ``loss(logits, y) -> (N,)`` (see
-            :mod:`largebatch.losses`); None: cross-entropy with ``label_smoothing``.
+        loss: the per-example training loss ``loss(logits, y) -> (N,)``
+            (:func:`largebatch.losses.training_loss` of the config: ``train.loss``, with
+            ``train.label_smoothing`` for cross-entropy); plain cross-entropy by default.
         sharpness: the sharpness-aware kind, or None.
         perturbation: the weights' backup while they are perturbed (reused across updates).
     """
@@ -107,9 +105,8 @@ class UpdateParts:
     channels_last: bool = False
     ddp: bool = False
     grad_penalty: float = 0.0
-    label_smoothing: float = 0.0
     sharpness: Sharpness | None = None
-    loss: LossFn | None = None
+    loss: LossFn = cross_entropy
     perturbation: Perturbation = field(default_factory=Perturbation)
 
 
@@ -174,12 +171,7 @@ def _pass(
             logits = parts.model(x)
         # bf16 / fp16 logits in fp32; a float64 model keeps its precision
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if parts.loss is None:
-            losses = F.cross_entropy(
-                logits, y, reduction="none", label_smoothing=parts.label_smoothing
-            )
-        else:
-            losses = parts.loss(logits, y)
+        losses = parts.loss(logits, y)
         weights = parts.chain.loss_weights(len(y), losses.device, info)
         weighted = losses if weights is None else losses * weights
         objective = weighted.sum()
